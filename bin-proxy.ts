@@ -1,0 +1,61 @@
+// bin-proxy: keeps this host's supervised binaries in step with bin-manager. Start at runPass (lib/pass.ts).
+import { ConfigError, loadSettings, type Settings } from "./lib/config.ts";
+import { parseArgs, UsageError, USAGE, type Invocation } from "./lib/cli.ts";
+import { errorText, Logger } from "./lib/log.ts";
+import { EXIT_CONFIG, EXIT_FAILED, runPass } from "./lib/pass.ts";
+import { versionLine } from "./lib/version.ts";
+
+async function main(argv: string[]): Promise<number> {
+  let invocation: Invocation;
+  try {
+    invocation = parseArgs(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    return fatal(`${err.message}\n${USAGE}`, EXIT_CONFIG);
+  }
+  const { command, configPath } = invocation;
+  if (command.kind === "version") return print(versionLine());
+  if (command.kind === "help") return print(USAGE);
+
+  let settings: Settings;
+  try {
+    settings = loadSettings({ configFlag: configPath, env: process.env });
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    return fatal(`configuration error: ${err.message}`, EXIT_CONFIG);
+  }
+  const interactive = process.stdin.isTTY === true;
+  switch (command.kind) {
+    case "pass": {
+      const log = new Logger({
+        file: command.dryRun ? undefined : settings.logFile,
+        echo: command.verbose || interactive,
+        secrets: settings.token ? [settings.token] : [],
+      });
+      return runPass(settings, log, { dryRun: command.dryRun, splay: !command.dryRun && !interactive, print });
+    }
+    default:
+      return fatal(`${command.kind} is not available yet`, EXIT_CONFIG);
+  }
+}
+
+function print(line: string): number {
+  process.stdout.write(line + "\n");
+  return 0;
+}
+
+/** A usage or configuration error: said on stderr, and logged where the log file is known. */
+function fatal(message: string, code: number): number {
+  process.stderr.write(`bin-proxy: ${message}\n`);
+  const logFile = process.env.LOG_FILE;
+  if (logFile) new Logger({ file: logFile, echo: false, secrets: [] }).warn("not_started", { error: message.split("\n")[0] });
+  return code;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`bin-proxy: unexpected error: ${errorText(err)}\n`);
+    process.exit(EXIT_FAILED);
+  },
+);

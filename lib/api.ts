@@ -1,0 +1,120 @@
+// Owns the bin-manager API: the calls of SPEC §5, and validating every answer into a typed value.
+import type { Settings } from "./config.ts";
+import { parseSha256, type Sha256 } from "./hash.ts";
+import { describe, HttpError, readCapped, request, type HttpPolicy } from "./http.ts";
+import type { NodeInfo } from "./manifest.ts";
+
+export class ApiError extends Error {}
+
+export interface Target {
+  sha256: Sha256;
+  version: string;
+}
+
+export type ProgressStatus = "in_progress" | "success" | "failed";
+
+export interface Progress {
+  nodeName: string;
+  binName: string;
+  targetHash: Sha256;
+  processingTime: number;
+  status: ProgressStatus;
+}
+
+export interface Installed {
+  nodeName: string;
+  binName: string;
+  sha256: Sha256;
+  version: string;
+}
+
+const MAX_JSON_BYTES = 1 << 20;
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** The payload of an answer: `data` of the {code, message, data} envelope, or the whole body of a build without one. */
+export function unwrap(body: unknown): Json {
+  if (!isObject(body)) throw new ApiError("answer is not a JSON object");
+  if ("code" in body && body.code !== 0) {
+    const message = typeof body.message === "string" ? body.message.slice(0, 200) : "";
+    throw new ApiError(`API answered code ${JSON.stringify(body.code)}${message ? `: ${message}` : ""}`);
+  }
+  if ("data" in body) {
+    if (!isObject(body.data)) throw new ApiError(`"data" is not an object`);
+    return body.data;
+  }
+  return body;
+}
+
+export function parseTarget(body: unknown): Target {
+  const data = unwrap(body);
+  const sha256 = parseSha256(data.sha256);
+  if (!sha256) throw new ApiError(`sha256 is not 64 hex digits: ${JSON.stringify(data.sha256 ?? null).slice(0, 80)}`);
+  const version = typeof data.version === "string" ? data.version.slice(0, 200) : "";
+  return { sha256, version };
+}
+
+export function parseKeepaliveStatus(body: unknown): string {
+  const status = unwrap(body).status;
+  return typeof status === "string" ? status : "";
+}
+
+export class BinManagerClient {
+  readonly policy: HttpPolicy;
+
+  /** readOnly (--dry-run): any POST is refused here, whatever the caller does. */
+  constructor(private readonly settings: Settings, private readonly readOnly: boolean) {
+    this.policy = { token: settings.token, tokenOrigin: new URL(settings.api).origin, timeoutMs: settings.httpTimeoutMs };
+  }
+
+  async keepaliveStatus(nodeName: string): Promise<string> {
+    return parseKeepaliveStatus(await this.call("GET", `/keepalive?nodeName=${encodeURIComponent(nodeName)}`));
+  }
+
+  async postKeepalive(info: NodeInfo): Promise<void> {
+    const { cpuArch, osRelease, nodeName, binProxyVersion } = info;
+    await this.call("POST", "/keepalive", { cpuArch, osRelease, nodeName, binProxyVersion });
+  }
+
+  async target(name: string): Promise<Target> {
+    return parseTarget(await this.call("GET", `/bins/${name}`));
+  }
+
+  async progress(p: Progress): Promise<void> {
+    const { nodeName, binName, targetHash, processingTime, status } = p;
+    await this.call("POST", `/bins/${p.binName}/progress`, { nodeName, binName, targetHash, processingTime, status });
+  }
+
+  async installed(i: Installed): Promise<void> {
+    const { nodeName, binName, sha256, version } = i;
+    await this.call("POST", `/bins/${i.binName}`, { nodeName, binName, sha256, version });
+  }
+
+  /** Where a binary is downloaded from: the primary location, then the fallback. */
+  downloadUrls(name: string): string[] {
+    return [`${this.settings.downloadBaseUrl}/${name}`, `${this.settings.api}/releases/latest/${name}/download`];
+  }
+
+  private async call(method: "GET" | "POST", path: string, body?: object): Promise<unknown> {
+    if (method === "POST" && this.readOnly) throw new ApiError(`refusing POST ${path} in a read-only pass`);
+    const url = `${this.settings.api}${path}`;
+    const what = `${method} ${describe(url)}`;
+    const signal = AbortSignal.timeout(this.settings.httpTimeoutMs);
+    try {
+      const res = await request(url, { method, body: body && JSON.stringify(body), signal }, this.policy);
+      if (!res.ok) {
+        await res.body?.cancel();
+        throw new ApiError(`${what}: HTTP ${res.status}`);
+      }
+      const bytes = await readCapped(res, MAX_JSON_BYTES, what);
+      try {
+        return JSON.parse(new TextDecoder().decode(bytes));
+      } catch {
+        throw new ApiError(`${what}: answer is not JSON (${bytes.length} bytes)`);
+      }
+    } catch (err) {
+      if (err instanceof ApiError || err instanceof HttpError) throw err;
+      throw new ApiError(`${what}: ${signal.aborted ? `no answer within ${this.settings.httpTimeoutMs / 1000}s` : (err as Error).message}`);
+    }
+  }
+}

@@ -1,0 +1,105 @@
+// Owns downloading: streaming a binary into an exclusive temp file while hashing it, verified, with fallback.
+import { closeSync } from "node:fs";
+import { createExclusive, removeIfPresent, writeAll } from "./fsx.ts";
+import { short, type Sha256 } from "./hash.ts";
+import { describe, request, type HttpPolicy } from "./http.ts";
+import { errorText } from "./log.ts";
+
+export interface DownloadRequest {
+  /** Tried in order until one serves the expected bytes. */
+  urls: string[];
+  expected: Sha256;
+  /** Beside the destination (same filesystem, so the install is a rename). */
+  tempPath: string;
+  maxBytes: number;
+  /** Limit for the headers, and for each silence between body chunks. */
+  idleTimeoutMs: number;
+  policy: HttpPolicy;
+  /** Called when an attempt fails and the next URL is tried. */
+  onAttemptFailed: (url: string, reason: string) => void;
+}
+
+/** A verified download: the temp file, still open so the install can fsync it without reopening. */
+export interface Downloaded {
+  fd: number;
+  tempPath: string;
+  bytes: number;
+  url: string;
+}
+
+export class DownloadError extends Error {}
+
+export async function downloadVerified(req: DownloadRequest): Promise<Downloaded> {
+  const reasons: string[] = [];
+  for (const url of req.urls) {
+    try {
+      return await downloadOnce(url, req);
+    } catch (err) {
+      const reason = errorText(err);
+      reasons.push(`${describe(url)}: ${reason}`);
+      req.onAttemptFailed(url, reason);
+    }
+  }
+  throw new DownloadError(`no source served ${short(req.expected)}: ${reasons.join("; ")}`);
+}
+
+async function downloadOnce(url: string, req: DownloadRequest): Promise<Downloaded> {
+  removeIfPresent(req.tempPath); // a leftover of a killed run of this version: we hold its lock now
+  const fd = createExclusive(req.tempPath, 0o600);
+  const controller = new AbortController();
+  let timer: Timer | undefined;
+  const arm = (what: string) => {
+    clearTimeout(timer);
+    timer = setTimeout(() => controller.abort(new Error(`${what} within ${req.idleTimeoutMs / 1000}s`)), req.idleTimeoutMs);
+  };
+  try {
+    arm("no response headers");
+    const res = await request(url, { method: "GET", signal: controller.signal }, req.policy);
+    if (!res.ok) {
+      await res.body?.cancel();
+      throw new DownloadError(`HTTP ${res.status}`);
+    }
+    const declared = Number(res.headers.get("content-length"));
+    if (declared > req.maxBytes) {
+      await res.body?.cancel();
+      throw new DownloadError(`size ${declared} bytes is over MAX_DOWNLOAD_BYTES (${req.maxBytes})`);
+    }
+    if (!res.body) throw new DownloadError("empty response");
+    const hasher = new Bun.CryptoHasher("sha256");
+    let bytes = 0;
+    const reader = res.body.getReader();
+    try {
+      for (;;) {
+        arm("no data");
+        const { done, value } = await reader.read();
+        if (done) break;
+        bytes += value.length;
+        if (bytes > req.maxBytes) throw new DownloadError(`more than MAX_DOWNLOAD_BYTES (${req.maxBytes}) bytes`);
+        hasher.update(value);
+        writeAll(fd, value);
+      }
+    } catch (err) {
+      await reader.cancel().catch(() => {});
+      throw controller.signal.aborted ? controller.signal.reason : err;
+    }
+    const actual = hasher.digest("hex");
+    if (actual !== req.expected) throw new DownloadError(`content does not match: expected ${short(req.expected)}, got ${short(actual)} (${bytes} bytes)`);
+    return { fd, tempPath: req.tempPath, bytes, url };
+  } catch (err) {
+    closeSync(fd);
+    removeIfPresent(req.tempPath);
+    throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Undoes a download: the temp file is closed and removed. */
+export function discard(download: Downloaded): void {
+  try {
+    closeSync(download.fd);
+  } catch {
+    // already handed to the install, which closed it
+  }
+  removeIfPresent(download.tempPath);
+}

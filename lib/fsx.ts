@@ -1,0 +1,118 @@
+// Owns the file primitives every writer shares: exclusive creation, the atomic replace, and leftover sweeping.
+import {
+  closeSync, constants, fchmodSync, fchownSync, fsyncSync, openSync, readdirSync, renameSync, statSync,
+  unlinkSync, writeSync,
+} from "node:fs";
+import { basename, dirname, join } from "node:path";
+
+export interface FileMeta {
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** Creates path for writing, failing if anything (even a dangling symlink) is already there. */
+export function createExclusive(path: string, mode: number): number {
+  return openSync(path, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, mode);
+}
+
+export function writeAll(fd: number, data: Uint8Array): void {
+  for (let off = 0; off < data.length; ) off += writeSync(fd, data, off, data.length - off);
+}
+
+export function fsyncDir(dir: string): void {
+  const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * The one way a file is replaced. Mode and owner are set and the data made durable before the
+ * rename, and the directory entry after it, so that whatever instant the machine dies, dest is
+ * either the old file or the complete new one.
+ */
+export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta): void {
+  fchownSync(fd, meta.uid, meta.gid);
+  fchmodSync(fd, meta.mode);
+  fsyncSync(fd);
+  closeSync(fd);
+  renameSync(tempPath, dest);
+  fsyncDir(dirname(dest));
+}
+
+/** The mode and owner of path, or the fallback when there is no such file. */
+export function metaOf(path: string, fallback: FileMeta): FileMeta {
+  try {
+    const st = statSync(path);
+    return { mode: st.mode & 0o7777, uid: st.uid, gid: st.gid };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return fallback;
+    throw err;
+  }
+}
+
+/** The temp file a process uses to rewrite dest: beside it (same filesystem), hidden, named by pid. */
+export function tempPathFor(dest: string, pid = process.pid): string {
+  return join(dirname(dest), `.${basename(dest)}.${pid}.tmp`);
+}
+
+/** Writes a small file atomically, keeping the mode and owner of the file it replaces. */
+export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}): void {
+  const meta = metaOf(dest, { mode: fallback.mode ?? 0o644, uid: fallback.uid ?? process.getuid!(), gid: fallback.gid ?? process.getgid!() });
+  const temp = tempPathFor(dest);
+  removeIfPresent(temp); // only a dead process of our own pid can have left it
+  const fd = createExclusive(temp, 0o600);
+  try {
+    writeAll(fd, typeof data === "string" ? Buffer.from(data) : data);
+    replaceAtomically(fd, temp, dest, meta);
+  } catch (err) {
+    try {
+      closeSync(fd);
+    } catch {
+      // already closed by replaceAtomically
+    }
+    removeIfPresent(temp);
+    throw err;
+  }
+}
+
+export function removeIfPresent(path: string): boolean {
+  try {
+    unlinkSync(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}
+
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Removes the temp files of dest left by processes that died mid-write (kill -9, power loss). */
+export function sweepOrphanTemps(dest: string): string[] {
+  const prefix = `.${basename(dest)}.`;
+  let names: string[];
+  try {
+    names = readdirSync(dirname(dest));
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    if (!name.startsWith(prefix) || !name.endsWith(".tmp")) continue;
+    const pid = Number(name.slice(prefix.length, -".tmp".length));
+    if (!Number.isInteger(pid) || pid <= 0 || (pid !== process.pid && pidAlive(pid))) continue;
+    if (pid !== process.pid && removeIfPresent(join(dirname(dest), name))) removed.push(name);
+  }
+  return removed;
+}

@@ -1,0 +1,76 @@
+// Owns putting a binary in place: backups under the state dir, and the atomic swap (and swap back).
+import { closeSync, constants, copyFileSync, linkSync, mkdirSync, openSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import type { Downloaded } from "./download.ts";
+import { metaOf, removeIfPresent, replaceAtomically, tempPathFor, type FileMeta } from "./fsx.ts";
+import type { Sha256 } from "./hash.ts";
+
+/** A binary bin-proxy installs where none was before: root's, executable by all. */
+export const NEW_BINARY_META: FileMeta = { mode: 0o755, uid: 0, gid: 0 };
+
+export function backupPath(stateDir: string, name: string, sha: Sha256): string {
+  return join(stateDir, "backups", name, sha);
+}
+
+/**
+ * Opens a copy of src at temp, ready for replaceAtomically: a hard link where src and temp share a
+ * filesystem (instant, no extra space; safe because installed files are only ever replaced by
+ * rename, never written in place), else a full copy.
+ */
+function stage(src: string, temp: string): number {
+  removeIfPresent(temp);
+  try {
+    linkSync(src, temp);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EXDEV") throw err;
+    copyFileSync(src, temp, constants.COPYFILE_EXCL);
+  }
+  return openSync(temp, constants.O_RDONLY | constants.O_NOFOLLOW);
+}
+
+/** Copies src to dest atomically, with src's mode and owner. */
+function copyAtomically(src: string, dest: string): void {
+  const temp = tempPathFor(dest);
+  const fd = stage(src, temp);
+  try {
+    replaceAtomically(fd, temp, dest, metaOf(src, NEW_BINARY_META));
+  } catch (err) {
+    try {
+      closeSync(fd);
+    } catch {
+      // closed by replaceAtomically before it failed
+    }
+    removeIfPresent(temp);
+    throw err;
+  }
+}
+
+/** Keeps the current binary (of hash sha) under the state dir, so it can be put back. */
+export function keepBackup(binPath: string, stateDir: string, name: string, sha: Sha256): string {
+  const dest = backupPath(stateDir, name, sha);
+  mkdirSync(join(stateDir, "backups", name), { recursive: true, mode: 0o700 });
+  copyAtomically(binPath, dest);
+  return dest;
+}
+
+/** Swaps a verified download in over binPath, with the current binary's mode and owner. */
+export function installDownload(download: Downloaded, binPath: string): void {
+  replaceAtomically(download.fd, download.tempPath, binPath, metaOf(binPath, NEW_BINARY_META));
+}
+
+/** Puts a backup back over binPath, the same atomic way; the backup itself stays. */
+export function restoreBackup(backup: string, binPath: string): void {
+  copyAtomically(backup, binPath);
+}
+
+/** Removes a binary's backups except those of the versions in keep (one previous version is kept). */
+export function pruneBackups(stateDir: string, name: string, keep: (Sha256 | null)[]): void {
+  const dir = join(stateDir, "backups", name);
+  let files: string[];
+  try {
+    files = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const file of files) if (!keep.includes(file as Sha256)) removeIfPresent(join(dir, file));
+}

@@ -1,0 +1,106 @@
+// Owns one pass: node info and keepalive, then every manifest entry in order, and the pass's exit status.
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { BinManagerClient } from "./api.ts";
+import type { Settings } from "./config.ts";
+import { sweepOrphanTemps } from "./fsx.ts";
+import { HashCache } from "./hash.ts";
+import { prepareLockDir } from "./lock.ts";
+import { errorText, type Logger } from "./log.ts";
+import { ManifestError, readManifest, updateManifest, type Manifest } from "./manifest.ts";
+import { gatherNodeInfo, sameNodeInfo } from "./nodeinfo.ts";
+import { preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
+import { VERSION } from "./version.ts";
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_CONFIG = 2;
+
+export interface PassOptions {
+  dryRun: boolean;
+  /** Spread a fleet's load: sleep a random 0..splay seconds first (never in --dry-run or on a terminal). */
+  splay: boolean;
+  /** --dry-run prints its verdicts here. */
+  print: (line: string) => void;
+}
+
+export async function runPass(settings: Settings, log: Logger, options: PassOptions): Promise<number> {
+  if (options.splay && settings.splaySec > 0) await Bun.sleep(Math.random() * settings.splaySec * 1000);
+
+  let manifest: Manifest;
+  try {
+    manifest = readManifest(settings.manifest);
+  } catch (err) {
+    if (!(err instanceof ManifestError)) throw err;
+    log.error("manifest_invalid", { manifest: settings.manifest, error: err.message });
+    return EXIT_CONFIG;
+  }
+  if (!options.dryRun) {
+    try {
+      prepareLockDir(settings.lockDir);
+      mkdirSync(settings.stateDir, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      log.error("setup_failed", { error: errorText(err) });
+      return EXIT_FAILED;
+    }
+    sweepOrphanTemps(settings.manifest);
+  }
+  const cachePath = join(settings.stateDir, "hash-cache.json");
+  const ctx: PassContext = {
+    settings,
+    api: new BinManagerClient(settings, options.dryRun),
+    log,
+    cache: HashCache.load(cachePath),
+  };
+
+  await keepalive(ctx, manifest, options.dryRun);
+
+  const outcomes: Outcome[] = [];
+  for (const rejected of manifest.rejected) log.error("entry_rejected", { bin: rejected.label, reason: rejected.reason });
+  for (const entry of manifest.entries) {
+    const name = entry.binaryName;
+    let target;
+    try {
+      target = await ctx.api.target(name);
+    } catch (err) {
+      log.error("target_unavailable", { bin: name, error: errorText(err) });
+      outcomes.push("failed");
+      continue;
+    }
+    if (options.dryRun) {
+      options.print(`${name}: ${preview(ctx, entry, target)}`);
+      continue;
+    }
+    try {
+      outcomes.push(await updateBinary(ctx, entry, target));
+    } catch (err) {
+      log.error("update_failed", { bin: name, error: errorText(err) });
+      outcomes.push("failed");
+    }
+  }
+  if (!options.dryRun) {
+    sweepOrphanTemps(cachePath);
+    ctx.cache.save();
+  }
+  return manifest.rejected.length > 0 || outcomes.includes("failed") || log.errorCount > 0 ? EXIT_FAILED : EXIT_OK;
+}
+
+/** Tells the API this node is alive; a failure here is logged and never stops the pass. */
+async function keepalive(ctx: PassContext, manifest: Manifest, dryRun: boolean): Promise<void> {
+  const { settings, api, log } = ctx;
+  const info = gatherNodeInfo(settings.nodeName, VERSION);
+  const changed = !sameNodeInfo(manifest.nodeInfo, info);
+  if (changed && !dryRun) {
+    try {
+      updateManifest(settings.manifest, settings.lockDir, [{ nodeInfo: info }]);
+    } catch (err) {
+      log.warn("node_info_not_saved", { error: errorText(err) });
+    }
+  }
+  try {
+    const status = await api.keepaliveStatus(settings.nodeName);
+    if ((status !== "active" || changed) && !dryRun) await api.postKeepalive(info);
+  } catch (err) {
+    log.warn("keepalive_failed", { error: errorText(err) });
+  }
+}

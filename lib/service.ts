@@ -1,0 +1,69 @@
+// Owns the supervised service: supervisorctl restart, the RUNNING check and the TCP health check.
+import { connect } from "node:net";
+
+export interface ServiceCheck {
+  supervisorctl: string;
+  program: string;
+  port: number;
+  timeoutMs: number;
+}
+
+/** The state word supervisorctl prints for program (RUNNING, STARTING, BACKOFF, FATAL…), or null. */
+export function parseState(output: string, program: string): string | null {
+  for (const line of output.split("\n")) {
+    const [name, state] = line.trim().split(/\s+/);
+    if (name === program && state && /^[A-Z]+$/.test(state)) return state;
+  }
+  return null;
+}
+
+async function supervisorctl(path: string, args: string[], timeoutMs: number): Promise<{ code: number; output: string }> {
+  // cwd "/": without -c, supervisorctl reads a supervisord.conf from its working directory first.
+  // The environment is passed without the API token: no child ever needs it.
+  const { BIN_MANAGER_TOKEN: _token, ...env } = process.env;
+  const child = Bun.spawn([path, ...args], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: timeoutMs, killSignal: "SIGKILL" });
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  return { code, output: (out + err).trim() };
+}
+
+/**
+ * Restarts the program, then waits until supervisor reports it RUNNING and, when a port is given,
+ * until it accepts a TCP connection on 127.0.0.1. Throws with the reason when it does not come up
+ * within the time limit.
+ */
+export async function restartAndCheck(check: ServiceCheck): Promise<void> {
+  const deadline = Date.now() + check.timeoutMs;
+  const restart = await supervisorctl(check.supervisorctl, ["restart", check.program], check.timeoutMs);
+  if (restart.code !== 0) throw new Error(`supervisorctl restart ${check.program} failed (exit ${restart.code}): ${oneLine(restart.output)}`);
+  // restart exits 0 even for BACKOFF, so the state word is what counts.
+  for (;;) {
+    const status = await supervisorctl(check.supervisorctl, ["status", check.program], check.timeoutMs);
+    const state = parseState(status.output, check.program);
+    if (state === "RUNNING") break;
+    if (state !== "STARTING" || Date.now() > deadline) {
+      throw new Error(`${check.program} is ${state ?? "unknown"} after restart${state ? "" : `: ${oneLine(status.output)}`}`);
+    }
+    await Bun.sleep(200);
+  }
+  if (check.port > 0) {
+    while (!(await accepts(check.port, 1000))) {
+      if (Date.now() > deadline) throw new Error(`${check.program} does not accept connections on 127.0.0.1:${check.port} within ${check.timeoutMs / 1000}s`);
+      await Bun.sleep(200);
+    }
+  }
+}
+
+export function accepts(port: number, timeoutMs: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: "127.0.0.1", port });
+    const done = (ok: boolean) => {
+      socket.destroy();
+      resolve(ok);
+    };
+    socket.setTimeout(timeoutMs, () => done(false));
+    socket.once("connect", () => done(true));
+    socket.once("error", () => done(false));
+  });
+}
+
+const oneLine = (text: string) => text.replace(/\s+/g, " ").slice(0, 300);

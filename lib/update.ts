@@ -1,0 +1,273 @@
+// Owns one binary's update: the decision (pure), and the phases check, lock, download, install, restart, report.
+import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
+import type { BinManagerClient, ProgressStatus, Target } from "./api.ts";
+import type { Settings } from "./config.ts";
+import { discard, downloadVerified, type Downloaded } from "./download.ts";
+import { removeIfPresent } from "./fsx.ts";
+import { short, type HashCache, type Sha256 } from "./hash.ts";
+import { activeHold, describeHold, holdAfterFailure } from "./hold.ts";
+import { backupPath, installDownload, keepBackup, pruneBackups, restoreBackup } from "./install.ts";
+import { acquireVersionLock, versionLockAge, type VersionLock } from "./lock.ts";
+import { errorText, type Logger } from "./log.ts";
+import { updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
+import { runPhases, type Phase } from "./phases.ts";
+import { restartAndCheck } from "./service.ts";
+
+/** What the pass shares with every binary's update. */
+export interface PassContext {
+  settings: Settings;
+  api: BinManagerClient;
+  log: Logger;
+  cache: HashCache;
+}
+
+export type Outcome = "up-to-date" | "adopted" | "held" | "busy" | "updated" | "failed";
+
+export type Plan =
+  | { kind: "up-to-date" }
+  /** The target is on disk but the manifest has no version yet (first run on a host): record it. */
+  | { kind: "adopt" }
+  | { kind: "held"; hold: Hold }
+  /** The target is on disk but the manifest still names another version: a pass died after the swap. */
+  | { kind: "finish" }
+  | { kind: "update" };
+
+/** Decides what to do with one binary; pure, so every case is tested directly. */
+export function plan(entry: Entry, onDisk: Sha256 | null, target: Sha256, now: Date): Plan {
+  if (onDisk === target) {
+    if (entry.version === target) return { kind: "up-to-date" };
+    if (entry.version === null) return { kind: "adopt" };
+    return { kind: "finish" };
+  }
+  const hold = activeHold(entry.hold, target, now);
+  return hold ? { kind: "held", hold } : { kind: "update" };
+}
+
+/** bin-proxy in its own manifest is the running executable; every other binary lives in BIN_DIR. */
+export function binaryPath(settings: Settings, name: string): string {
+  return name === "bin-proxy" ? process.execPath : join(settings.binDir, name);
+}
+
+/** The download in progress of one version: beside the binary, named so a newer pass can find and remove it. */
+export function partialPath(binPath: string, sha: Sha256): string {
+  return join(dirname(binPath), `.${basename(binPath)}.${sha}.part`);
+}
+
+/** Hashes the binary on disk; a symlink is refused rather than followed (its target could be anywhere). */
+function currentHash(ctx: PassContext, binPath: string): Sha256 | null {
+  try {
+    if (lstatSync(binPath).isSymbolicLink()) throw new Error(`${binPath} is a symlink; bin-proxy manages regular files only`);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw err;
+  }
+  return ctx.cache.hash(binPath);
+}
+
+/** --dry-run: what a real pass would do, from reads only (no lock taken, nothing written). */
+export function preview(ctx: PassContext, entry: Entry, target: Target): string {
+  const binPath = binaryPath(ctx.settings, entry.binaryName);
+  const onDisk = currentHash(ctx, binPath);
+  const decision = plan(entry, onDisk, target.sha256, new Date());
+  switch (decision.kind) {
+    case "up-to-date":
+      return "up-to-date";
+    case "adopt":
+      return `would record ${short(target.sha256)} as installed`;
+    case "held":
+      return describeHold(decision.hold);
+    case "finish":
+    case "update": {
+      const age = versionLockAge(ctx.settings.lockDir, entry.binaryName, target.sha256);
+      if (age !== null && age < ctx.settings.lockTimeoutSec) return "busy";
+      if (decision.kind === "finish") return `would restart ${entry.serviceName || entry.binaryName} on ${short(target.sha256)} and record it`;
+      return onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`;
+    }
+  }
+}
+
+/** One binary's update as a sequence of phases; rollback is their undo. */
+export async function updateBinary(ctx: PassContext, entry: Entry, target: Target): Promise<Outcome> {
+  const { settings, api, log, cache } = ctx;
+  const name = entry.binaryName;
+  const binPath = binaryPath(settings, name);
+  const isSelf = name === "bin-proxy";
+  const started = Date.now();
+  let onDisk: Sha256 | null = null;
+  let decision: Plan = { kind: "update" };
+  let lock: VersionLock | undefined;
+  let download: Downloaded | undefined;
+  let backup: string | null = null;
+  let installed = false;
+  let restarted = false;
+
+  const processingTime = () => Math.max(0, Math.floor(Date.now() / 1000) - (lock?.takenAt ?? Math.floor(started / 1000)));
+  const progress = async (status: ProgressStatus) => {
+    try {
+      await api.progress({ nodeName: settings.nodeName, binName: name, targetHash: target.sha256, processingTime: processingTime(), status });
+    } catch (err) {
+      log.warn("progress_report_failed", { bin: name, status, error: errorText(err) });
+    }
+  };
+  const recordManifest = (fields: Extract<ManifestEdit, { binaryName: string }>["fields"]) =>
+    updateManifest(settings.manifest, settings.lockDir, [{ binaryName: name, fields }]);
+  const service = entry.serviceName && settings.supervisorctl && !isSelf
+    ? { supervisorctl: settings.supervisorctl, program: entry.serviceName, port: entry.port, timeoutMs: settings.healthTimeoutMs }
+    : null;
+
+  const check: Phase<Outcome> = {
+    name: "check",
+    async run() {
+      onDisk = currentHash(ctx, binPath);
+      decision = plan(entry, onDisk, target.sha256, new Date());
+      if (decision.kind === "up-to-date") return "up-to-date";
+      if (decision.kind === "held") {
+        log.info("held", { bin: name, target: short(target.sha256), failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
+        return "held";
+      }
+      if (decision.kind === "adopt") {
+        recordManifest({ version: target.sha256 });
+        log.info("adopted", { bin: name, version: short(target.sha256) });
+        return "adopted";
+      }
+    },
+  };
+
+  const lockPhase: Phase<Outcome> = {
+    name: "lock",
+    async run() {
+      const result = await acquireVersionLock({ lockDir: settings.lockDir, name, sha: target.sha256, timeoutSec: settings.lockTimeoutSec });
+      if (result.kind === "busy") {
+        log.info("busy", { bin: name, target: short(target.sha256), lock_age_s: result.ageSec, holder: result.holder });
+        return "busy";
+      }
+      lock = result.lock;
+      if (lock.tookOver) log.warn("lock_taken_over", { bin: name, target: short(target.sha256), reason: lock.tookOver });
+      for (const version of result.obsolete) {
+        removeIfPresent(partialPath(binPath, version));
+        log.info("obsolete_version_dropped", { bin: name, version: short(version) });
+      }
+    },
+    // Before the lock is let go, the failed target is marked held, so no pass retries it at once.
+    async undo() {
+      if (!lock) return;
+      const hold = holdAfterFailure(entry.hold, target.sha256, new Date(), settings.retryBackoffSec);
+      try {
+        recordManifest({ hold });
+      } catch (err) {
+        log.error("hold_not_recorded", { bin: name, error: errorText(err) });
+      }
+      log.info("holding", { bin: name, target: short(target.sha256), failures: hold.failures, until: hold.until ?? "" });
+      await progress("failed");
+    },
+    cleanup() {
+      lock?.release();
+    },
+  };
+
+  const downloadPhase: Phase<Outcome> = {
+    name: "download",
+    async run() {
+      if (decision.kind === "finish") return;
+      await progress("in_progress");
+      const ticker = setInterval(() => void progress("in_progress"), 10_000);
+      try {
+        download = await downloadVerified({
+          urls: api.downloadUrls(name),
+          expected: target.sha256,
+          tempPath: partialPath(binPath, target.sha256),
+          maxBytes: settings.maxDownloadBytes,
+          idleTimeoutMs: settings.httpTimeoutMs,
+          policy: api.policy,
+          onAttemptFailed: (url, reason) => log.warn("download_attempt_failed", { bin: name, url, reason }),
+        });
+      } finally {
+        clearInterval(ticker);
+      }
+      if (isSelf) await checkRuns(download);
+    },
+    async undo() {
+      if (download) discard(download);
+    },
+    cleanup() {
+      if (download) discard(download);
+    },
+  };
+
+  const installPhase: Phase<Outcome> = {
+    name: "install",
+    async run() {
+      if (decision.kind === "finish") {
+        // The interrupted pass kept the backup of the version the manifest names before it swapped.
+        const kept = entry.version && backupPath(settings.stateDir, name, entry.version);
+        backup = kept && existsSync(kept) ? kept : null;
+        installed = true;
+        return;
+      }
+      if (onDisk) backup = keepBackup(binPath, settings.stateDir, name, onDisk);
+      installDownload(download!, binPath);
+      installed = true;
+      cache.record(binPath, target.sha256);
+    },
+    async undo() {
+      if (!installed) return;
+      if (backup) restoreBackup(backup, binPath);
+      else removeIfPresent(binPath); // a first install that failed: there was nothing before it
+      installed = false;
+      log.info("rolled_back", { bin: name, to: onDisk && backup ? short(onDisk) : "nothing" });
+    },
+  };
+
+  const restartPhase: Phase<Outcome> = {
+    name: "restart",
+    async run() {
+      if (!service) return;
+      restarted = true;
+      await restartAndCheck(service);
+    },
+    // A restart is undone by putting the old binary back and restarting that.
+    async undo() {
+      if (!restarted) return;
+      await installPhase.undo!();
+      await restartAndCheck(service!);
+    },
+  };
+
+  const report: Phase<Outcome> = {
+    name: "report",
+    async run() {
+      const previousVersion = decision.kind === "finish" ? entry.version : onDisk;
+      recordManifest({ version: target.sha256, previousVersion, hold: null });
+      pruneBackups(settings.stateDir, name, [previousVersion]);
+      log.info("updated", { bin: name, from: previousVersion ? short(previousVersion) : "none", to: short(target.sha256), took_ms: Date.now() - started });
+      await progress("success");
+      try {
+        await api.installed({ nodeName: settings.nodeName, binName: name, sha256: target.sha256, version: target.version });
+      } catch (err) {
+        // The new binary is healthy; an API that missed the news is no reason to roll it back.
+        log.error("report_failed", { bin: name, error: errorText(err) });
+      }
+      return "updated";
+    },
+  };
+
+  const result = await runPhases([check, lockPhase, downloadPhase, installPhase, restartPhase, report], (phase, error) =>
+    log.error("undo_failed", { bin: name, phase, error: errorText(error) }),
+  );
+  if (result.ok) return result.stoppedWith ?? "updated";
+  log.error("update_failed", { bin: name, phase: result.phase, target: short(target.sha256), error: errorText(result.error) });
+  return "failed";
+}
+
+/** A new bin-proxy must answer --version before it replaces the running one. */
+async function checkRuns(download: Downloaded): Promise<void> {
+  // Executing a file still open for writing fails with ETXTBSY: close it, run it, reopen it.
+  fchmodSync(download.fd, 0o700);
+  closeSync(download.fd);
+  download.fd = openSync(download.tempPath, constants.O_RDONLY | constants.O_NOFOLLOW);
+  const { BIN_MANAGER_TOKEN: _token, ...env } = process.env;
+  const child = Bun.spawn([download.tempPath, "--version"], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: 30_000, killSignal: "SIGKILL" });
+  const [out, code] = await Promise.all([new Response(child.stdout).text(), child.exited]);
+  if (code !== 0 || !out.startsWith("bin-proxy ")) throw new Error(`the new bin-proxy does not run: --version exited ${code}: ${out.trim().slice(0, 200)}`);
+}
