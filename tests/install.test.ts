@@ -1,0 +1,559 @@
+// Tests of scripts/install.sh: dash runs it against a local release server, into a temp root (DESTDIR).
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import {
+  chmodSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+
+const INSTALLER = resolve(import.meta.dir, "../scripts/install.sh");
+const SEED_CRON_LINE = "* * * * * root /usr/local/sbin/bin-proxy.sh >/dev/null 2>&1";
+const OLD_SCRIPT = "#!/bin/sh\n# the old bin-proxy.sh\necho old\n";
+const ASSETS = ["bin-proxy-linux-x86_64", "bin-proxy-linux-aarch64"] as const;
+
+const scratch = mkdtempSync(join(tmpdir(), "bin-proxy-install-test-"));
+const sha256 = (data: string | Uint8Array) => new Bun.CryptoHasher("sha256").update(data).digest("hex");
+
+// A fake release executable: answers --version like bin-proxy, or fails it like a binary that
+// cannot run on the host. MARKER lets a test see that --version is running.
+function fakeExecutable(version: string, arch: string, runs = true): string {
+  return runs
+    ? `#!/bin/sh\nif [ -n "\${MARKER:-}" ]; then : >"$MARKER"; sleep 1; fi\n` +
+        `[ "$1" = --version ] && echo "bin-proxy ${version} (${arch})"\nexit 0\n`
+    : `#!/bin/sh\necho "cannot execute binary file: Exec format error" >&2\nexit 126\n`;
+}
+
+// Releases served under /<name>/, each a map of file name to content.
+const releases = new Map<string, Map<string, string>>();
+function addRelease(name: string, version: string, opts: { runs?: boolean; sums?: "ok" | "wrong" | "missing" } = {}) {
+  const files = new Map<string, string>();
+  for (const asset of ASSETS) files.set(asset, fakeExecutable(version, asset.slice("bin-proxy-linux-".length), opts.runs));
+  const sums = ASSETS.map((asset) => {
+    const hash = opts.sums === "wrong" ? sha256(`not ${asset}`) : sha256(files.get(asset)!);
+    return `${hash}  ${asset}\n`;
+  });
+  files.set("SHA256SUMS", opts.sums === "missing" ? "" : sums.join(""));
+  files.set("install.sh", readFileSync(INSTALLER, "utf8"));
+  releases.set(name, files);
+  return files;
+}
+const v1 = addRelease("v1", "1.0.0");
+const v2 = addRelease("v2", "2.0.0");
+addRelease("badsum", "1.0.0", { sums: "wrong" });
+addRelease("nosum", "1.0.0", { sums: "missing" });
+addRelease("broken", "1.0.0", { runs: false });
+
+let server: ReturnType<typeof Bun.serve>;
+let downUrl = "";
+const url = (release: string) => `http://127.0.0.1:${server.port}/${release}`;
+
+beforeAll(async () => {
+  server = Bun.serve({
+    hostname: "127.0.0.1",
+    port: 0,
+    fetch(req) {
+      const [, release = "", file = ""] = new URL(req.url).pathname.split("/");
+      const body = releases.get(release)?.get(file);
+      return body === undefined ? new Response("not found\n", { status: 404 }) : new Response(body);
+    },
+  });
+  // A port that refuses connections: a server that was there and is gone.
+  const gone = Bun.serve({ hostname: "127.0.0.1", port: 0, fetch: () => new Response("") });
+  downUrl = `http://127.0.0.1:${gone.port}/v1`;
+  await gone.stop(true);
+});
+
+afterAll(async () => {
+  await server.stop(true);
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+let counter = 0;
+function newDir(prefix: string): string {
+  const dir = join(scratch, `${prefix}-${++counter}`);
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+function put(root: string, rel: string, content: string, mode = 0o644) {
+  const path = join(root, rel);
+  mkdirSync(join(path, ".."), { recursive: true });
+  writeFileSync(path, content);
+  chmodSync(path, mode);
+}
+
+const read = (root: string, rel: string) => readFileSync(join(root, rel), "utf8");
+
+// A host that ran the old script: script, crontab line, config and manifest.
+function oldHost(cronLine = "* * * * * root . /etc/bin-proxy/config; /usr/local/sbin/bin-proxy.sh") {
+  const root = newDir("root");
+  put(root, "usr/local/sbin/bin-proxy.sh", OLD_SCRIPT, 0o755);
+  if (cronLine) put(root, "etc/cron.d/binproxy", `SHELL=/bin/sh\n${cronLine}\n`);
+  put(root, "etc/bin-proxy/config", 'export BIN_MANAGER_API="http://bm.example/api/v1"\n', 0o640);
+  put(root, "etc/bin-proxy/bin-manifests.json", '{"binaries":[{"binaryName":"manager"}]}\n');
+  return root;
+}
+
+// Every entry under root with its type, mode, content hash and inode: equal listings mean nothing
+// was created, removed, rewritten or re-permissioned.
+function snapshot(root: string): string[] {
+  const out: string[] = [];
+  const walk = (rel: string) => {
+    for (const name of readdirSync(join(root, rel)).sort()) {
+      const r = rel ? `${rel}/${name}` : name;
+      const st = lstatSync(join(root, r));
+      const mode = (st.mode & 0o7777).toString(8);
+      if (st.isSymbolicLink()) out.push(`l ${r} -> ${readlinkSync(join(root, r))}`);
+      else if (st.isDirectory()) {
+        out.push(`d ${r} ${mode}`);
+        walk(r);
+      } else out.push(`f ${r} ${mode} ino=${st.ino} mtime=${st.mtimeMs} ${sha256(readFileSync(join(root, r)))}`);
+    }
+  };
+  walk("");
+  return out;
+}
+
+function modeOf(root: string, rel: string): string {
+  return (lstatSync(join(root, rel)).mode & 0o7777).toString(8);
+}
+
+// The asset this machine's `uname -m` should pick.
+function hostAsset(): string {
+  const machine = Bun.spawnSync(["uname", "-m"]).stdout.toString().trim();
+  if (machine === "x86_64" || machine === "amd64") return "bin-proxy-linux-x86_64";
+  if (machine === "aarch64" || machine === "arm64") return "bin-proxy-linux-aarch64";
+  throw new Error(`these tests expect an x86_64 or aarch64 machine, not ${machine}`);
+}
+
+// A directory of executables to put first on PATH.
+function shimDir(scripts: Record<string, string>): string {
+  const dir = newDir("shim");
+  for (const [name, body] of Object.entries(scripts)) put(dir, name, body, 0o755);
+  return dir;
+}
+const fakeUname = (machine: string) =>
+  shimDir({ uname: `#!/bin/sh\ncase "$1" in -m) echo ${machine} ;; *) echo Linux ;; esac\n` });
+
+// PATH as it is, minus some commands: links to every other executable on it.
+function pathWithout(...missing: string[]): string {
+  const dir = newDir("path");
+  const seen = new Set(missing);
+  for (const entry of (process.env.PATH ?? "").split(":")) {
+    let names: string[];
+    try {
+      names = readdirSync(entry);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      if (seen.has(name)) continue;
+      seen.add(name);
+      symlinkSync(join(resolve(entry), name), join(dir, name));
+    }
+  }
+  return dir;
+}
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+  tmpLeft: string[];
+}
+
+async function install(
+  root: string,
+  args: string[],
+  opts: { env?: Record<string, string>; path?: string; stdin?: string; onSpawn?: (p: Bun.Subprocess) => void } = {},
+): Promise<Run> {
+  const tmp = newDir("tmp");
+  const proc = Bun.spawn(opts.stdin === undefined ? ["dash", INSTALLER, ...args] : ["dash", "-s", "--", ...args], {
+    env: {
+      PATH: opts.path ?? process.env.PATH ?? "",
+      DESTDIR: root,
+      TMPDIR: tmp,
+      NO_PROXY: "127.0.0.1",
+      no_proxy: "127.0.0.1",
+      LC_ALL: "C",
+      ...opts.env,
+    },
+    stdin: opts.stdin === undefined ? "ignore" : new Blob([opts.stdin]),
+    stdout: "pipe",
+    stderr: "pipe",
+  });
+  opts.onSpawn?.(proc);
+  const [stdout, stderr, code] = await Promise.all([
+    new Response(proc.stdout).text(),
+    new Response(proc.stderr).text(),
+    proc.exited,
+  ]);
+  return { code, stdout, stderr, tmpLeft: readdirSync(tmp) };
+}
+
+function expectOk(run: Run) {
+  if (run.code !== 0) throw new Error(`installer exited ${run.code}:\n${run.stdout}\n${run.stderr}`);
+  expect(run.tmpLeft).toEqual([]);
+}
+
+function expectFailedCleanly(run: Run, before: string[], root: string, stderr: RegExp) {
+  expect(run.code).not.toBe(0);
+  expect(run.stderr).toMatch(stderr);
+  expect(snapshot(root)).toEqual(before);
+  expect(run.tmpLeft).toEqual([]);
+}
+
+// Lines of every cron file under root that mention bin-proxy and are not comments.
+function cronLines(root: string): string[] {
+  const lines: string[] = [];
+  const dir = join(root, "etc/cron.d");
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir);
+  } catch {}
+  for (const name of names) {
+    for (const line of read(dir, name).split("\n")) {
+      if (line.includes("bin-proxy") && !line.trimStart().startsWith("#")) lines.push(`${name}: ${line}`);
+    }
+  }
+  return lines;
+}
+
+beforeAll(() => {
+  for (const tool of ["dash", "curl"]) {
+    if (!Bun.which(tool)) throw new Error(`${tool} is needed to test the installer`);
+  }
+});
+
+describe("install", () => {
+  test("fresh host: executable, symlink, directories, config, manifest and the seed's cron line", async () => {
+    const root = newDir("root");
+    const run = await install(root, ["--release-url", url("v1")]);
+    expectOk(run);
+    const asset = hostAsset();
+    expect(read(root, "usr/local/sbin/bin-proxy")).toBe(v1.get(asset)!);
+    expect(modeOf(root, "usr/local/sbin/bin-proxy")).toBe("755");
+    expect(readlinkSync(join(root, "usr/local/sbin/bin-proxy.sh"))).toBe("bin-proxy");
+    expect(() => lstatSync(join(root, "usr/local/sbin/bin-proxy.sh.orig"))).toThrow();
+    expect(modeOf(root, "etc/bin-proxy")).toBe("755");
+    expect(modeOf(root, "var/run/bin-proxy")).toBe("700");
+    expect(modeOf(root, "var/lib/bin-proxy")).toBe("700");
+    expect(modeOf(root, "etc/bin-proxy/config")).toBe("600");
+    expect(read(root, "etc/bin-proxy/config").split("\n").filter((l) => l && !l.startsWith("#"))).toEqual([]);
+    const manifest = JSON.parse(read(root, "etc/bin-proxy/bin-manifests.json"));
+    expect(manifest.binaries).toEqual([]);
+    expect(Object.keys(manifest.nodeInfo)).toEqual(["cpuArch", "osRelease", "nodeName", "binProxyVersion"]);
+    expect(cronLines(root)).toEqual([`bin-proxy: ${SEED_CRON_LINE}`]);
+    expect(modeOf(root, "etc/cron.d/bin-proxy")).toBe("644");
+    expect(read(root, "etc/cron.d/bin-proxy").endsWith("\n")).toBe(true);
+    // No staged or backup file is left next to the real ones.
+    expect(readdirSync(join(root, "usr/local/sbin")).sort()).toEqual(["bin-proxy", "bin-proxy.sh"]);
+    expect(readdirSync(join(root, "etc/bin-proxy")).sort()).toEqual(["bin-manifests.json", "config"]);
+    expect(run.stdout).toContain(`installed ${root}/usr/local/sbin/bin-proxy (bin-proxy 1.0.0`);
+    expect(run.stderr).toBe("");
+  });
+
+  test("host with the old script: kept as .orig, replaced in place, its cron line, config and manifest untouched", async () => {
+    const root = oldHost();
+    const before = snapshot(root);
+    const run = await install(root, ["--release-url", url("v1")]);
+    expectOk(run);
+    expect(read(root, "usr/local/sbin/bin-proxy.sh.orig")).toBe(OLD_SCRIPT);
+    expect(modeOf(root, "usr/local/sbin/bin-proxy.sh.orig")).toBe("755");
+    expect(readlinkSync(join(root, "usr/local/sbin/bin-proxy.sh"))).toBe("bin-proxy");
+    // The old line calls bin-proxy.sh, so it now runs bin-proxy: no second line.
+    expect(cronLines(root)).toEqual(["binproxy: * * * * * root . /etc/bin-proxy/config; /usr/local/sbin/bin-proxy.sh"]);
+    const after = snapshot(root);
+    for (const rel of ["etc/cron.d/binproxy", "etc/bin-proxy/config", "etc/bin-proxy/bin-manifests.json"]) {
+      const line = before.find((l) => l.startsWith(`f ${rel} `));
+      expect(line).toBeDefined();
+      expect(after).toContain(line!);
+    }
+    expect(run.stdout).toContain("kept the old script as");
+    expect(run.stdout).toContain("kept the existing cron line");
+  });
+
+  test("the old line in root's crontab counts: no cron.d file is added", async () => {
+    const root = oldHost("");
+    put(root, "var/spool/cron/crontabs/root", "# m h dom mon dow command\n*/5 * * * * /usr/local/sbin/bin-proxy.sh\n", 0o600);
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    expect(cronLines(root)).toEqual([]);
+  });
+
+  test("commented-out lines and files cron ignores do not count: the seed's line is added", async () => {
+    const root = oldHost("");
+    put(root, "etc/cron.d/binproxy", "#* * * * * root /usr/local/sbin/bin-proxy.sh\n");
+    put(root, "etc/cron.d/bin-proxy.bak", `${SEED_CRON_LINE}\n`);
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    expect(cronLines(root)).toContain(`bin-proxy: ${SEED_CRON_LINE}`);
+  });
+
+  test("second run changes nothing, on a fresh host and on an old one", async () => {
+    for (const root of [newDir("root"), oldHost()]) {
+      expectOk(await install(root, ["--release-url", url("v1")]));
+      const before = snapshot(root);
+      const run = await install(root, ["--release-url", url("v1")]);
+      expectOk(run);
+      expect(snapshot(root)).toEqual(before);
+      expect(run.stdout).toContain("is already this release");
+    }
+  });
+
+  test("a new release replaces bin-proxy only", async () => {
+    const root = oldHost();
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    const before = snapshot(root).filter((l) => !l.startsWith("f usr/local/sbin/bin-proxy "));
+    const run = await install(root, ["--release-url", url("v2")]);
+    expectOk(run);
+    expect(read(root, "usr/local/sbin/bin-proxy")).toBe(v2.get(hostAsset())!);
+    expect(snapshot(root).filter((l) => !l.startsWith("f usr/local/sbin/bin-proxy "))).toEqual(before);
+    expect(readdirSync(join(root, "usr/local/sbin")).sort()).toEqual(["bin-proxy", "bin-proxy.sh", "bin-proxy.sh.orig"]);
+    expect(run.stdout).toContain("(bin-proxy 2.0.0");
+  });
+
+  test("an existing .orig identical to the script is kept; one that differs stops the install", async () => {
+    const same = oldHost();
+    put(same, "usr/local/sbin/bin-proxy.sh.orig", OLD_SCRIPT, 0o755);
+    expectOk(await install(same, ["--release-url", url("v1")]));
+    expect(read(same, "usr/local/sbin/bin-proxy.sh.orig")).toBe(OLD_SCRIPT);
+    expect(readlinkSync(join(same, "usr/local/sbin/bin-proxy.sh"))).toBe("bin-proxy");
+
+    const differs = oldHost();
+    put(differs, "usr/local/sbin/bin-proxy.sh.orig", "#!/bin/sh\necho older\n", 0o755);
+    const before = snapshot(differs);
+    expectFailedCleanly(await install(differs, ["--release-url", url("v1")]), before, differs, /both exist and differ/);
+  });
+
+  test("an old script kept as a symlink is kept as a symlink", async () => {
+    const root = oldHost();
+    put(root, "opt/old/bin-proxy.sh", OLD_SCRIPT, 0o755);
+    rmSync(join(root, "usr/local/sbin/bin-proxy.sh"));
+    symlinkSync("/opt/old/bin-proxy.sh", join(root, "usr/local/sbin/bin-proxy.sh"));
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    expect(readlinkSync(join(root, "usr/local/sbin/bin-proxy.sh.orig"))).toBe("/opt/old/bin-proxy.sh");
+    expect(readlinkSync(join(root, "usr/local/sbin/bin-proxy.sh"))).toBe("bin-proxy");
+  });
+
+  test("the architecture picks the executable", async () => {
+    for (const [machine, asset] of [
+      ["x86_64", "bin-proxy-linux-x86_64"],
+      ["amd64", "bin-proxy-linux-x86_64"],
+      ["aarch64", "bin-proxy-linux-aarch64"],
+      ["arm64", "bin-proxy-linux-aarch64"],
+    ] as const) {
+      const root = newDir("root");
+      const run = await install(root, ["--release-url", url("v1")], {
+        path: `${fakeUname(machine)}:${process.env.PATH}`,
+      });
+      expectOk(run);
+      expect(read(root, "usr/local/sbin/bin-proxy")).toBe(v1.get(asset)!);
+    }
+  });
+
+  test("the one-liner: the script on standard input, arguments after -s --", async () => {
+    const root = newDir("root");
+    const run = await install(root, ["--release-url", url("v1")], { stdin: v1.get("install.sh")! });
+    expectOk(run);
+    expect(readlinkSync(join(root, "usr/local/sbin/bin-proxy.sh"))).toBe("bin-proxy");
+  });
+
+  test("BIN_PROXY_RELEASE_URL gives the release when no argument does", async () => {
+    const root = newDir("root");
+    expectOk(await install(root, [], { env: { BIN_PROXY_RELEASE_URL: `${url("v1")}/` } }));
+    expect(read(root, "usr/local/sbin/bin-proxy")).toBe(v1.get(hostAsset())!);
+  });
+
+  test("downloads with wget when curl is missing", async () => {
+    expect(Bun.which("wget")).not.toBeNull();
+    const root = newDir("root");
+    expectOk(await install(root, ["--release-url", url("v1")], { path: pathWithout("curl") }));
+    expect(read(root, "usr/local/sbin/bin-proxy")).toBe(v1.get(hostAsset())!);
+  });
+});
+
+describe("install failures leave the host as it was", () => {
+  test("checksum mismatch: nothing installed, on a fresh host and on an old one", async () => {
+    for (const root of [newDir("root"), oldHost()]) {
+      const before = snapshot(root);
+      const run = await install(root, ["--release-url", url("badsum")]);
+      expectFailedCleanly(run, before, root, /checksum mismatch for bin-proxy-linux-.*nothing was installed/);
+      expect(run.code).toBe(1);
+    }
+  });
+
+  test("SHA256SUMS without a line for the executable", async () => {
+    const root = oldHost();
+    const before = snapshot(root);
+    expectFailedCleanly(await install(root, ["--release-url", url("nosum")]), before, root, /SHA256SUMS has no line for/);
+  });
+
+  test("server down", async () => {
+    const root = oldHost();
+    const before = snapshot(root);
+    expectFailedCleanly(await install(root, ["--release-url", downUrl]), before, root, /cannot download .*nothing was installed/);
+  });
+
+  test("release without the file (404)", async () => {
+    const root = oldHost();
+    const before = snapshot(root);
+    expectFailedCleanly(await install(root, ["--release-url", url("nosuch")]), before, root, /cannot download/);
+  });
+
+  test("an executable that does not run here: directories it made are removed again", async () => {
+    const fresh = newDir("root");
+    const upgraded = oldHost();
+    expectOk(await install(upgraded, ["--release-url", url("v1")]));
+    for (const root of [fresh, oldHost(), upgraded]) {
+      const before = snapshot(root);
+      expectFailedCleanly(await install(root, ["--release-url", url("broken")]), before, root, /does not run here.*Exec format error/);
+    }
+  });
+
+  test("unsupported architecture", async () => {
+    const root = newDir("root");
+    const run = await install(root, ["--release-url", url("v1")], { path: `${fakeUname("mips")}:${process.env.PATH}` });
+    expectFailedCleanly(run, [], root, /unsupported architecture 'mips'/);
+  });
+
+  test("neither curl nor wget", async () => {
+    const root = oldHost();
+    const before = snapshot(root);
+    const run = await install(root, ["--release-url", url("v1")], { path: pathWithout("curl", "wget") });
+    expectFailedCleanly(run, before, root, /curl or wget is required/);
+  });
+
+  test("a cron line that runs bin-proxy.sh through a shell stops the install", async () => {
+    for (const line of [
+      "* * * * * root bash /usr/local/sbin/bin-proxy.sh",
+      "* * * * * root /bin/sh -e /usr/local/sbin/bin-proxy.sh >/dev/null",
+      "* * * * * root . /usr/local/sbin/bin-proxy.sh",
+    ]) {
+      const root = oldHost(line);
+      const before = snapshot(root);
+      expectFailedCleanly(await install(root, ["--release-url", url("v1")]), before, root, /through a shell/);
+    }
+    // sh -c runs the command line, which executes the file: that one is fine.
+    expectOk(await install(oldHost("* * * * * root sh -c '/usr/local/sbin/bin-proxy.sh'"), ["--release-url", url("v1")]));
+  });
+
+  test("a failure while staging (cron.d is not a directory) removes everything staged", async () => {
+    const root = oldHost("");
+    put(root, "etc/cron.d", "not a directory\n");
+    const before = snapshot(root);
+    expectFailedCleanly(await install(root, ["--release-url", url("v1")]), before, root, /cannot create .*cron\.d/);
+  });
+
+  test("a failure at the last rename undoes the renames before it", async () => {
+    // mv fails only for the cron file, the last thing the installer puts in place.
+    const realMv = Bun.which("mv")!;
+    const failingMv = shimDir({
+      mv: `#!/bin/sh\nfor last; do :; done\ncase $last in */etc/cron.d/bin-proxy) echo "mv: injected failure" >&2; exit 1 ;; esac\nexec ${realMv} "$@"\n`,
+    });
+    const path = `${failingMv}:${process.env.PATH}`;
+
+    const firstInstall = oldHost("");
+    const upgrade = oldHost("");
+    expectOk(await install(upgrade, ["--release-url", url("v1")]));
+    rmSync(join(upgrade, "etc/cron.d/bin-proxy"));
+    for (const [root, release] of [
+      [firstInstall, "v1"],
+      [upgrade, "v2"],
+    ] as const) {
+      const before = snapshot(root);
+      const run = await install(root, ["--release-url", url(release)], { path });
+      expectFailedCleanly(run, before, root, /injected failure/);
+      // bin-proxy had been renamed into place before the failure: the rollback put back the old one.
+      expect(run.stdout).toMatch(/installed .*bin-proxy \(bin-proxy/);
+    }
+  });
+
+  test("interrupted (SIGTERM) while checking the executable", async () => {
+    const root = oldHost();
+    const before = snapshot(root);
+    const marker = join(newDir("marker"), "running");
+    let proc: Bun.Subprocess | undefined;
+    const running = install(root, ["--release-url", url("v1")], { env: { MARKER: marker }, onSpawn: (p) => (proc = p) });
+    for (let i = 0; i < 200 && !(await Bun.file(marker).exists()); i++) await Bun.sleep(25);
+    expect(await Bun.file(marker).exists()).toBe(true);
+    proc!.kill("SIGTERM");
+    const run = await running;
+    expect(run.code).toBe(143);
+    expect(snapshot(root)).toEqual(before);
+    expect(run.tmpLeft).toEqual([]);
+  });
+});
+
+describe("--uninstall", () => {
+  test("restores the old script and leaves config, manifest, state and cron line", async () => {
+    const root = oldHost();
+    const original = snapshot(root);
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    const run = await install(root, ["--uninstall"]);
+    expectOk(run);
+    expect(read(root, "usr/local/sbin/bin-proxy.sh")).toBe(OLD_SCRIPT);
+    expect(lstatSync(join(root, "usr/local/sbin/bin-proxy.sh")).isFile()).toBe(true);
+    // The old script is back as the very file it was: same inode, mode and content.
+    const created = ["d var", "d var/lib", "d var/lib/bin-proxy", "d var/run", "d var/run/bin-proxy"];
+    expect(snapshot(root).filter((l) => !created.some((c) => l.startsWith(`${c} `)))).toEqual(original);
+    expect(run.stdout).toContain("restored");
+    expect(run.stdout).toMatch(/left as they are: .*config and manifest.*cron line/);
+
+    const again = await install(root, ["--uninstall"]);
+    expectOk(again);
+    expect(again.stdout).toContain("is not installed");
+  });
+
+  test("on a host installed fresh: removes bin-proxy and the symlink, keeps the rest", async () => {
+    const root = newDir("root");
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    expectOk(await install(root, ["--uninstall"]));
+    expect(readdirSync(join(root, "usr/local/sbin"))).toEqual([]);
+    expect(cronLines(root)).toEqual([`bin-proxy: ${SEED_CRON_LINE}`]);
+    expect(readdirSync(join(root, "etc/bin-proxy")).sort()).toEqual(["bin-manifests.json", "config"]);
+  });
+
+  test("an old script put back by someone else is left alone", async () => {
+    const root = oldHost();
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    rmSync(join(root, "usr/local/sbin/bin-proxy.sh"));
+    put(root, "usr/local/sbin/bin-proxy.sh", "#!/bin/sh\necho redeployed\n", 0o755);
+    const run = await install(root, ["--uninstall"]);
+    expectOk(run);
+    expect(read(root, "usr/local/sbin/bin-proxy.sh")).toBe("#!/bin/sh\necho redeployed\n");
+    expect(read(root, "usr/local/sbin/bin-proxy.sh.orig")).toBe(OLD_SCRIPT);
+    expect(run.stderr).toContain("left it and");
+  });
+});
+
+describe("usage", () => {
+  test("no release URL, unknown argument, --help", async () => {
+    const root = newDir("root");
+    const noUrl = await install(root, []);
+    expect(noUrl.code).toBe(2);
+    expect(noUrl.stderr).toContain("no release URL");
+    const unknown = await install(root, ["--frobnicate"]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain("unknown argument: --frobnicate");
+    const help = await install(root, ["--help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain("usage: sh install.sh [--release-url URL] [--uninstall]");
+    expect(readdirSync(root)).toEqual([]);
+  });
+
+  test("shellcheck -s sh finds nothing", () => {
+    const shellcheck = Bun.which("shellcheck");
+    if (!shellcheck) throw new Error("shellcheck is not installed: the installer must be checked with it");
+    const result = Bun.spawnSync([shellcheck, "-s", "sh", INSTALLER]);
+    expect(result.stdout.toString() + result.stderr.toString()).toBe("");
+    expect(result.exitCode).toBe(0);
+  });
+});
