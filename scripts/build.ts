@@ -1,5 +1,6 @@
 // Compiles bin-proxy.ts into a self-contained executable: dist/bin-proxy for this machine.
 import { $ } from "bun";
+import { renameSync, rmSync } from "node:fs";
 import { join } from "node:path";
 
 const root = join(import.meta.dir, "..");
@@ -25,21 +26,30 @@ export async function commit(): Promise<string> {
   return result.stdout.toString().trim() + (dirty ? "-dirty" : "");
 }
 
+/** Bun's name for this machine's target, e.g. bun-linux-x64. */
+export function nativeTarget(): string {
+  return `bun-${process.platform}-${process.arch}`;
+}
+
 export async function compile(outfile: string, target: string, extraFlags: string[] = []): Promise<void> {
   const defines = [
     `--define=BIN_PROXY_COMMIT=${JSON.stringify(await commit())}`,
     `--define=BIN_PROXY_TARGET=${JSON.stringify(target)}`,
   ];
-  const targetFlag = target === "native" ? [] : [`--target=${target}`];
-  const result = await $`${process.execPath} build ${SAFE_FLAGS} ${extraFlags} ${targetFlag} ${defines} ${join(root, "bin-proxy.ts")} --outfile ${outfile}`
+  const targetFlag = target === nativeTarget() ? [] : [`--target=${target}`];
+  // Built beside the destination and renamed over it: a test running the old executable never sees half a file.
+  const temp = `${outfile}.${process.pid}.tmp`;
+  const result = await $`${process.execPath} build ${SAFE_FLAGS} ${extraFlags} ${targetFlag} ${defines} ${join(root, "bin-proxy.ts")} --outfile ${temp}`
     .cwd(root).nothrow().quiet();
   if (result.exitCode !== 0) {
+    rmSync(temp, { force: true });
     throw new Error(`bun build failed for ${target}:\n${result.stderr.toString()}${result.stdout.toString()}`);
   }
+  renameSync(temp, outfile);
 }
 
 if (import.meta.main) {
   const outfile = join(root, "dist", "bin-proxy");
-  await compile(outfile, "native");
+  await compile(outfile, nativeTarget());
   console.log(`built ${outfile}`);
 }
