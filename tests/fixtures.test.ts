@@ -278,7 +278,7 @@ describe("host fixture", () => {
   test("layout, env and manifest", () => {
     for (const d of [host.binDir, host.lockDir, host.stateDir]) expect(statSync(d).isDirectory()).toBe(true);
     expect(host.root.startsWith(tmpdir())).toBe(true);
-    expect(host.listFiles()).toEqual([]);
+    expect(host.listFiles()).toEqual(["etc/config"]);
     const env = host.env("http://127.0.0.1:1/api/v1", { HTTP_TIMEOUT: "2" });
     expect(env).toEqual({
       BIN_MANAGER_API: "http://127.0.0.1:1/api/v1",
@@ -291,7 +291,7 @@ describe("host fixture", () => {
       SUPERVISORCTL: "",
       PATH: process.env.PATH!,
       NO_PROXY: "127.0.0.1,localhost",
-      BIN_PROXY_CONFIG: join(host.root, "etc", "config-absent"),
+      BIN_PROXY_CONFIG: join(host.root, "etc", "config"),
       HTTP_TIMEOUT: "2",
     });
     expect(host.env("x", { SUPERVISORCTL: "/x/ctl" }).SUPERVISORCTL).toBe("/x/ctl");
