@@ -307,7 +307,7 @@ describe("host fixture", () => {
     expect(host.log()).toBe("line\n");
     const bin = host.writeBinary("a", serviceScript({ tag: "v1" }));
     expect(statSync(bin).mode & 0o777).toBe(0o755);
-    expect(host.listFiles()).toEqual(["bin/a", "etc/bin-manifests.json", "log/bin-proxy.log"]);
+    expect(host.listFiles()).toEqual(["bin/a", "etc/bin-manifests.json", "etc/config", "log/bin-proxy.log"]);
   });
 
   test("serviceScript variants differ and behave", async () => {
