@@ -13,10 +13,13 @@ export type PhaseResult<Stop> =
   | { ok: true; stoppedWith: Stop | undefined }
   | { ok: false; phase: string; error: unknown };
 
-export async function runPhases<Stop>(
-  phases: Phase<Stop>[],
-  onUndoError: (phase: string, error: unknown) => void,
-): Promise<PhaseResult<Stop>> {
+export interface PhaseHooks {
+  /** Called when a step fails, before anything is undone, so the log tells cause before consequence. */
+  onFailure(phase: string, error: unknown): void;
+  onUndoError(phase: string, error: unknown): void;
+}
+
+export async function runPhases<Stop>(phases: Phase<Stop>[], hooks: PhaseHooks): Promise<PhaseResult<Stop>> {
   const started: Phase<Stop>[] = [];
   try {
     for (const phase of phases) {
@@ -25,11 +28,12 @@ export async function runPhases<Stop>(
       try {
         stop = await phase.run();
       } catch (error) {
+        hooks.onFailure(phase.name, error);
         for (const done of [...started].reverse()) {
           try {
             await done.undo?.();
           } catch (undoError) {
-            onUndoError(done.name, undoError);
+            hooks.onUndoError(done.name, undoError);
           }
         }
         return { ok: false, phase: phase.name, error };
@@ -42,7 +46,7 @@ export async function runPhases<Stop>(
       try {
         done.cleanup?.();
       } catch (cleanupError) {
-        onUndoError(done.name, cleanupError);
+        hooks.onUndoError(done.name, cleanupError);
       }
     }
   }

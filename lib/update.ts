@@ -252,12 +252,11 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
     },
   };
 
-  const result = await runPhases([check, lockPhase, downloadPhase, installPhase, restartPhase, report], (phase, error) =>
-    log.error("undo_failed", { bin: name, phase, error: errorText(error) }),
-  );
-  if (result.ok) return result.stoppedWith ?? "updated";
-  log.error("update_failed", { bin: name, phase: result.phase, target: short(target.sha256), error: errorText(result.error) });
-  return "failed";
+  const result = await runPhases([check, lockPhase, downloadPhase, installPhase, restartPhase, report], {
+    onFailure: (phase, error) => log.error("update_failed", { bin: name, phase, target: short(target.sha256), error: errorText(error) }),
+    onUndoError: (phase, error) => log.error("undo_failed", { bin: name, phase, error: errorText(error) }),
+  });
+  return result.ok ? (result.stoppedWith ?? "updated") : "failed";
 }
 
 /** A new bin-proxy must answer --version before it replaces the running one. */
