@@ -213,7 +213,8 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
     async undo() {
       if (!installed) return;
       if (backup) restoreBackup(backup, binPath);
-      else removeIfPresent(binPath); // a first install that failed: there was nothing before it
+      else if (onDisk === null) removeIfPresent(binPath); // a first install that failed: there was nothing before it
+      else throw new Error(`no backup of ${entry.version ? short(entry.version) : "the previous version"} to put back; ${binPath} left as it is`);
       installed = false;
       log.info("rolled_back", { bin: name, to: onDisk && backup ? short(onDisk) : "nothing" });
     },
