@@ -110,6 +110,8 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
       log.warn("progress_report_failed", { bin: name, status, error: errorText(err) });
     }
   };
+  // The version this update replaces: what was on disk, or, when finishing a killed pass's swap, what the manifest names.
+  const previousVersion = () => (decision.kind === "finish" ? entry.version : onDisk);
   const recordManifest = (fields: Extract<ManifestEdit, { binaryName: string }>["fields"]) =>
     updateManifest(settings.manifest, settings.lockDir, [{ binaryName: name, fields }]);
   const service = entry.serviceName && settings.supervisorctl && !isSelf
@@ -216,7 +218,8 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
       else if (onDisk === null) removeIfPresent(binPath); // a first install that failed: there was nothing before it
       else throw new Error(`no backup of ${entry.version ? short(entry.version) : "the previous version"} to put back; ${binPath} left as it is`);
       installed = false;
-      log.info("rolled_back", { bin: name, to: onDisk && backup ? short(onDisk) : "nothing" });
+      const restored = previousVersion();
+      log.info("rolled_back", { bin: name, to: backup && restored ? short(restored) : "nothing" });
     },
   };
 
@@ -238,10 +241,10 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
   const report: Phase<Outcome> = {
     name: "report",
     async run() {
-      const previousVersion = decision.kind === "finish" ? entry.version : onDisk;
-      recordManifest({ version: target.sha256, previousVersion, hold: null });
-      pruneBackups(settings.stateDir, name, [previousVersion]);
-      log.info("updated", { bin: name, from: previousVersion ? short(previousVersion) : "none", to: short(target.sha256), took_ms: Date.now() - started });
+      const previous = previousVersion();
+      recordManifest({ version: target.sha256, previousVersion: previous, hold: null });
+      pruneBackups(settings.stateDir, name, [previous]);
+      log.info("updated", { bin: name, from: previous ? short(previous) : "none", to: short(target.sha256), took_ms: Date.now() - started });
       await progress("success");
       try {
         await api.installed({ nodeName: settings.nodeName, binName: name, sha256: target.sha256, version: target.version });
