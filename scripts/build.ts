@@ -1,9 +1,13 @@
-// Compiles bin-proxy.ts into a self-contained executable: dist/bin-proxy for this machine.
+// Compiles bin-proxy.ts into self-contained executables: dist/bin-proxy for this machine, or (--release) one per architecture and SHA256SUMS.
 import { $ } from "bun";
-import { renameSync, rmSync } from "node:fs";
-import { join } from "node:path";
+import { mkdirSync, mkdtempSync, renameSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { hashFile } from "../lib/hash.ts";
+import { writeFileAtomic } from "../lib/fsx.ts";
 
 const root = join(import.meta.dir, "..");
+export const DIST = join(root, "dist");
 
 /**
  * The flags every build uses. A compiled bin-proxy runs as root from cron in whatever working
@@ -19,6 +23,20 @@ export const SAFE_FLAGS = [
   "--no-compile-autoload-package-json",
 ];
 
+/**
+ * The optional flags, chosen by measurement (README, "Building"). Every build uses them, so the
+ * tests run what ships. --bytecode halves a pass's start-up (the pass runs every minute);
+ * --format=esm keeps the module semantics of the source, which --bytecode alone turns into CommonJS.
+ */
+export const RELEASE_FLAGS = ["--minify", "--bytecode", "--format=esm"];
+
+/** What a release ships: the file name install.sh picks by `uname -m`, Bun's target, and the npm package of that runtime. */
+export const RELEASE_ASSETS = [
+  // baseline: runs on x86_64 CPUs without AVX2; in Bun 1.4.5 it is the very runtime of bun-linux-x64.
+  { asset: "bin-proxy-linux-x86_64", target: "bun-linux-x64-baseline", npmPackage: "@oven/bun-linux-x64-baseline" },
+  { asset: "bin-proxy-linux-aarch64", target: "bun-linux-arm64", npmPackage: "@oven/bun-linux-aarch64" },
+] as const;
+
 export async function commit(): Promise<string> {
   const result = await $`git -C ${root} rev-parse --short=12 HEAD`.nothrow().quiet();
   if (result.exitCode !== 0) return "unknown";
@@ -31,15 +49,24 @@ export function nativeTarget(): string {
   return `bun-${process.platform}-${process.arch}`;
 }
 
-export async function compile(outfile: string, target: string, extraFlags: string[] = []): Promise<void> {
+export interface CompileOptions {
+  /** Stamped into --version instead of the git commit (a test builds a "new release" this way). */
+  commit?: string;
+  /** A Bun runtime of the target to build with, instead of the one Bun downloads. */
+  executablePath?: string;
+}
+
+export async function compile(outfile: string, target: string, options: CompileOptions = {}): Promise<void> {
   const defines = [
-    `--define=BIN_PROXY_COMMIT=${JSON.stringify(await commit())}`,
+    `--define=BIN_PROXY_COMMIT=${JSON.stringify(options.commit ?? (await commit()))}`,
     `--define=BIN_PROXY_TARGET=${JSON.stringify(target)}`,
   ];
   const targetFlag = target === nativeTarget() ? [] : [`--target=${target}`];
+  const runtime = options.executablePath ? [`--compile-executable-path=${options.executablePath}`] : [];
   // Built beside the destination and renamed over it: a test running the old executable never sees half a file.
   const temp = `${outfile}.${process.pid}.tmp`;
-  const result = await $`${process.execPath} build ${SAFE_FLAGS} ${extraFlags} ${targetFlag} ${defines} ${join(root, "bin-proxy.ts")} --outfile ${temp}`
+  mkdirSync(dirname(outfile), { recursive: true });
+  const result = await $`${process.execPath} build ${SAFE_FLAGS} ${RELEASE_FLAGS} ${targetFlag} ${runtime} ${defines} ${join(root, "bin-proxy.ts")} --outfile ${temp}`
     .cwd(root).nothrow().quiet();
   if (result.exitCode !== 0) {
     rmSync(temp, { force: true });
@@ -48,8 +75,48 @@ export async function compile(outfile: string, target: string, extraFlags: strin
   renameSync(temp, outfile);
 }
 
+/**
+ * Fetches a target's Bun runtime with npm (which follows the machine's npm registry settings),
+ * for when Bun's own download of it fails; Bun fetches straight from registry.npmjs.org.
+ */
+async function runtimeFromNpm(npmPackage: string, dir: string): Promise<string> {
+  const packed = await $`npm pack --silent ${`${npmPackage}@${Bun.version}`} --pack-destination ${dir}`.cwd(dir).nothrow().quiet();
+  if (packed.exitCode !== 0) throw new Error(`npm pack ${npmPackage}@${Bun.version} failed:\n${packed.stderr.toString()}`);
+  const tarball = join(dir, packed.stdout.toString().trim().split("\n").pop()!);
+  await $`tar -xzf ${tarball} -C ${dir}`.quiet();
+  return join(dir, "package", "bin", "bun");
+}
+
+/** Writes every release asset into dir, then SHA256SUMS for them in the format `sha256sum -c` reads. */
+export async function buildRelease(dir: string, options: Pick<CompileOptions, "commit"> = {}): Promise<string[]> {
+  mkdirSync(dir, { recursive: true });
+  const sums: string[] = [];
+  for (const { asset, target, npmPackage } of RELEASE_ASSETS) {
+    const outfile = join(dir, asset);
+    try {
+      await compile(outfile, target, options);
+    } catch (err) {
+      console.error(`${(err as Error).message}\ntrying the runtime from npm instead (npm pack ${npmPackage}@${Bun.version})`);
+      const scratch = mkdtempSync(join(tmpdir(), "bin-proxy-runtime-"));
+      try {
+        await compile(outfile, target, { ...options, executablePath: await runtimeFromNpm(npmPackage, scratch) });
+      } finally {
+        rmSync(scratch, { recursive: true, force: true });
+      }
+    }
+    sums.push(`${hashFile(outfile)}  ${asset}\n`);
+  }
+  writeFileAtomic(join(dir, "SHA256SUMS"), sums.join(""));
+  return RELEASE_ASSETS.map(({ asset }) => join(dir, asset));
+}
+
 if (import.meta.main) {
-  const outfile = join(root, "dist", "bin-proxy");
-  await compile(outfile, nativeTarget());
-  console.log(`built ${outfile}`);
+  if (process.argv.includes("--release")) {
+    for (const file of await buildRelease(DIST)) console.log(`built ${file}`);
+    console.log(`wrote ${join(DIST, "SHA256SUMS")}`);
+  } else {
+    const outfile = join(DIST, "bin-proxy");
+    await compile(outfile, nativeTarget());
+    console.log(`built ${outfile}`);
+  }
 }
