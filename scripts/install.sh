@@ -67,15 +67,15 @@ need() {
 	command -v "$1" >/dev/null 2>&1 || die "$1 is required but not installed"
 }
 
-# Symlink, not a copy: cron then runs the very file bin-proxy updates when it updates itself
-# (its running executable resolves to bin-proxy), so the two can never drift apart, and the
-# host keeps one 100 MB executable instead of two.
-is_our_link() {
-	[ -L "$OLD" ] || return 1
-	case $(readlink "$OLD") in
-	bin-proxy | /usr/local/sbin/bin-proxy | "$BIN") return 0 ;;
-	esac
-	return 1
+# bin-proxy.sh becomes a shell script that execs bin-proxy, not a symlink or a copy: a cron line
+# that runs it through sh, bash or `.` keeps working; exec leaves one process, whose executable
+# is the file bin-proxy replaces when it updates itself, so the two never drift apart. The path is
+# the host's, never DESTDIR's: a staged tree is deployed to /.
+write_wrapper() {
+	printf '%s\n' '#!/bin/sh' 'exec /usr/local/sbin/bin-proxy "$@"'
+}
+is_our_wrapper() {
+	[ -f "$OLD" ] && [ ! -L "$OLD" ] && write_wrapper | cmp -s - "$OLD"
 }
 
 # Active cron lines that mention bin-proxy, as "source<TAB>line".
@@ -234,19 +234,13 @@ cleanup() {
 preflight_install() {
 	if [ -d "$BIN" ]; then die "$BIN is a directory"; fi
 	if [ -d "$OLD" ]; then die "$OLD is a directory"; fi
-	if exists "$OLD" && ! is_our_link && [ ! -f "$OLD" ] && [ ! -L "$OLD" ]; then
+	if exists "$OLD" && [ ! -f "$OLD" ] && [ ! -L "$OLD" ]; then
 		die "$OLD is not a regular file"
 	fi
-	if exists "$OLD" && ! is_our_link && exists "$ORIG" && ! cmp -s "$OLD" "$ORIG"; then
+	if exists "$OLD" && ! is_our_wrapper && exists "$ORIG" && ! cmp -s "$OLD" "$ORIG"; then
 		die "$OLD and $ORIG both exist and differ: move one of them aside, then run this again"
 	fi
 	found_cron=$(cron_lines) || die "cannot read the cron configuration"
-	# A compiled executable cannot be run by a shell as a script: such a line would fail every
-	# minute after the install, so refuse while nothing has changed yet.
-	if printf '%s\n' "$found_cron" | cut -f 2- |
-		grep -Eq '(^|[[:space:];&|(/])((ba|da|k|z)?sh[[:space:]]+(-[abd-zA-Z]+[[:space:]]+)*|(\.|source)[[:space:]]+)[^[:space:]]*bin-proxy\.sh'; then
-		die "a cron line runs bin-proxy.sh through a shell; make it run /usr/local/sbin/bin-proxy.sh directly, then run this again:$nl$found_cron"
-	fi
 }
 
 write_config() {
@@ -330,12 +324,12 @@ do_install() {
 		write_manifest >"$man_tmp" || die "cannot write $man_tmp"
 		chmod 0644 "$man_tmp"
 	fi
-	link_tmp=
-	if ! is_our_link; then
-		link_tmp=$(new_temp "$SBIN" bin-proxy.sh)
-		temps="$temps$nl$link_tmp"
-		rm -f "$link_tmp"
-		ln -s bin-proxy "$link_tmp" || die "cannot create $link_tmp"
+	wrapper_tmp=
+	if ! is_our_wrapper; then
+		wrapper_tmp=$(new_temp "$SBIN" bin-proxy.sh)
+		temps="$temps$nl$wrapper_tmp"
+		write_wrapper >"$wrapper_tmp" || die "cannot write $wrapper_tmp"
+		chmod 0755 "$wrapper_tmp"
 	fi
 	cron_tmp=
 	if [ -z "$found_cron" ]; then
@@ -379,7 +373,7 @@ do_install() {
 	elif exists "$MANIFEST"; then
 		say "kept $MANIFEST"
 	fi
-	if [ -n "$link_tmp" ]; then
+	if [ -n "$wrapper_tmp" ]; then
 		if exists "$OLD"; then
 			old_backup=$(new_temp "$SBIN" bin-proxy.sh.old)
 			temps="$temps$nl$old_backup"
@@ -390,13 +384,13 @@ do_install() {
 				created_files="$created_files$nl$ORIG"
 				say "kept the old script as $ORIG"
 			fi
-			mv -f "$link_tmp" "$OLD" || die "cannot rename $link_tmp to $OLD"
+			mv -f "$wrapper_tmp" "$OLD" || die "cannot rename $wrapper_tmp to $OLD"
 			old_replaced=1
 		else
-			mv -f "$link_tmp" "$OLD" || die "cannot rename $link_tmp to $OLD"
+			mv -f "$wrapper_tmp" "$OLD" || die "cannot rename $wrapper_tmp to $OLD"
 			created_files="$created_files$nl$OLD"
 		fi
-		say "$OLD now runs bin-proxy (symlink)"
+		say "$OLD now runs bin-proxy (exec /usr/local/sbin/bin-proxy)"
 	else
 		say "$OLD already runs bin-proxy"
 	fi
@@ -417,7 +411,7 @@ do_install() {
 do_uninstall() {
 	require_root
 	if [ -d "$OLD" ]; then die "$OLD is a directory"; fi
-	if is_our_link; then
+	if is_our_wrapper; then
 		if exists "$ORIG"; then
 			mv -f "$ORIG" "$OLD" || die "cannot rename $ORIG to $OLD"
 			say "restored $OLD from $ORIG"
@@ -427,7 +421,7 @@ do_uninstall() {
 		fi
 	elif exists "$ORIG"; then
 		if exists "$OLD"; then
-			warn "$OLD is not bin-proxy's symlink: left it and $ORIG as they are"
+			warn "$OLD is not bin-proxy's wrapper: left it and $ORIG as they are"
 		else
 			mv -f "$ORIG" "$OLD" || die "cannot rename $ORIG to $OLD"
 			say "restored $OLD from $ORIG"
