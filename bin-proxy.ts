@@ -3,6 +3,8 @@ import { ConfigError, loadSettings, type Settings } from "./lib/config.ts";
 import { parseArgs, UsageError, USAGE, type Invocation } from "./lib/cli.ts";
 import { errorText, Logger } from "./lib/log.ts";
 import { EXIT_CONFIG, EXIT_FAILED, runPass } from "./lib/pass.ts";
+import { retry, rollback } from "./lib/rollback.ts";
+import { runStatus } from "./lib/status.ts";
 import { versionLine } from "./lib/version.ts";
 
 async function main(argv: string[]): Promise<number> {
@@ -34,8 +36,14 @@ async function main(argv: string[]): Promise<number> {
       });
       return runPass(settings, log, { dryRun: command.dryRun, splay: !command.dryRun && !interactive, print });
     }
-    default:
-      return fatal(`${command.kind} is not available yet`, EXIT_CONFIG);
+    case "status":
+      return runStatus(settings, { json: command.json, print, warn: (line) => void process.stderr.write(`bin-proxy: ${line}\n`) });
+    case "rollback":
+    case "retry": {
+      // Run by hand: every event is echoed to stderr as well as logged.
+      const log = new Logger({ file: settings.logFile, echo: true, secrets: settings.token ? [settings.token] : [] });
+      return command.kind === "rollback" ? rollback(settings, log, command.name, { print }) : retry(settings, log, command.name, { print });
+    }
   }
 }
 

@@ -1,5 +1,6 @@
 // Owns SHA-256: the validated Sha256 type, hashing a file in constant memory, and the stat-keyed hash cache.
 import { closeSync, openSync, readFileSync, readSync, statSync, type BigIntStats } from "node:fs";
+import { join } from "node:path";
 import { writeFileAtomic } from "./fsx.ts";
 
 /** A SHA-256 as 64 lowercase hex digits; only parseSha256 makes one. */
@@ -27,6 +28,11 @@ export function hashFile(path: string): Sha256 {
     closeSync(fd);
   }
   return hasher.digest("hex") as Sha256;
+}
+
+/** Where the hash cache is kept, under BIN_PROXY_STATE_DIR. */
+export function hashCachePath(stateDir: string): string {
+  return join(stateDir, "hash-cache.json");
 }
 
 interface CacheEntry {

@@ -1,9 +1,9 @@
 // Owns putting a binary in place: backups under the state dir, and the atomic swap (and swap back).
-import { closeSync, constants, copyFileSync, linkSync, mkdirSync, openSync, readdirSync } from "node:fs";
+import { closeSync, constants, copyFileSync, fstatSync, linkSync, mkdirSync, openSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import type { Downloaded } from "./download.ts";
 import { metaOf, removeIfPresent, replaceAtomically, tempPathFor, type FileMeta } from "./fsx.ts";
-import type { Sha256 } from "./hash.ts";
+import { hashFile, short, type Sha256 } from "./hash.ts";
 
 /** A binary bin-proxy installs where none was before: root's, executable by all. */
 export const NEW_BINARY_META: FileMeta = { mode: 0o755, uid: 0, gid: 0 };
@@ -56,6 +56,24 @@ export function keepBackup(binPath: string, stateDir: string, name: string, sha:
 /** Swaps a verified download in over binPath, with the current binary's mode and owner. */
 export function installDownload(download: Downloaded, binPath: string): void {
   replaceAtomically(download.fd, download.tempPath, binPath, metaOf(binPath, NEW_BINARY_META));
+}
+
+/**
+ * Stages the backup of version expected at temp, beside the binary, ready for installDownload
+ * (`rollback NAME`). The staged file itself is hashed, so what is installed is what was verified;
+ * a backup that does not hash to its name is refused before anything changes.
+ */
+export function stageBackup(backup: string, temp: string, expected: Sha256): Downloaded {
+  const fd = stage(backup, temp);
+  try {
+    const actual = hashFile(temp);
+    if (actual !== expected) throw new Error(`backup ${backup} is damaged: its SHA-256 is ${short(actual)}, not ${short(expected)}; refusing to install it`);
+    return { fd, tempPath: temp, bytes: fstatSync(fd).size, url: backup };
+  } catch (err) {
+    closeSync(fd);
+    removeIfPresent(temp);
+    throw err;
+  }
 }
 
 /** Puts a backup back over binPath, the same atomic way; the backup itself stays. */

@@ -51,11 +51,17 @@ export function lockFileName(name: string, sha: Sha256): string {
   return `${name}-${sha}.lock`;
 }
 
-/** The version in fileName when it is exactly a lock of another version of name (never `name-extra-…`). */
-export function otherVersionOf(fileName: string, name: string, sha: Sha256): Sha256 | null {
+/** The version in fileName when it is exactly a version lock of name (never `name-extra-…`). */
+export function lockedVersion(fileName: string, name: string): Sha256 | null {
   if (!fileName.startsWith(`${name}-`) || !fileName.endsWith(".lock")) return null;
   const version = parseSha256(fileName.slice(name.length + 1, -".lock".length));
-  return version && version === fileName.slice(name.length + 1, -".lock".length) && version !== sha ? version : null;
+  return version && version === fileName.slice(name.length + 1, -".lock".length) ? version : null;
+}
+
+/** The version in fileName when it is exactly a lock of another version of name. */
+export function otherVersionOf(fileName: string, name: string, sha: Sha256): Sha256 | null {
+  const version = lockedVersion(fileName, name);
+  return version !== sha ? version : null;
 }
 
 /** What a lock file says: the Unix time it was taken (the old script's format), or null when unreadable. */
@@ -213,6 +219,28 @@ function lockTime(path: string): number | null {
 export function versionLockAge(lockDir: string, name: string, sha: Sha256): number | null {
   const path = join(lockDir, lockFileName(name, sha));
   return existsSync(path) ? lockAge(path, Math.floor(Date.now() / 1000)) : null;
+}
+
+export interface LockInfo {
+  version: Sha256;
+  ageSec: number;
+  holder: string;
+}
+
+/** Read-only, for status: every version lock of name present now, with its age and holder. */
+export function listVersionLocks(lockDir: string, name: string): LockInfo[] {
+  let files: string[];
+  try {
+    files = readdirSync(lockDir);
+  } catch {
+    return []; // no lock directory yet: nothing is locked
+  }
+  const now = Math.floor(Date.now() / 1000);
+  return files.flatMap((file) => {
+    const version = lockedVersion(file, name);
+    const path = join(lockDir, file);
+    return version ? [{ version, ageSec: lockAge(path, now), holder: describeHolder(path) }] : [];
+  });
 }
 
 function lockAge(path: string, now: number): number {

@@ -1,10 +1,9 @@
 // Owns one pass: node info and keepalive, then every manifest entry in order, and the pass's exit status.
 import { mkdirSync } from "node:fs";
-import { join } from "node:path";
 import { BinManagerClient } from "./api.ts";
 import type { Settings } from "./config.ts";
 import { sweepOrphanTemps } from "./fsx.ts";
-import { HashCache } from "./hash.ts";
+import { HashCache, hashCachePath } from "./hash.ts";
 import { prepareLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
 import { ManifestError, readManifest, updateManifest, type Manifest } from "./manifest.ts";
@@ -45,7 +44,7 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
     }
     sweepOrphanTemps(settings.manifest);
   }
-  const cachePath = join(settings.stateDir, "hash-cache.json");
+  const cachePath = hashCachePath(settings.stateDir);
   const ctx: PassContext = {
     settings,
     api: new BinManagerClient(settings, options.dryRun),

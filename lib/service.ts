@@ -26,6 +26,11 @@ async function supervisorctl(path: string, args: string[], timeoutMs: number): P
   return { code, output: (out + err).trim() };
 }
 
+/** What `supervisorctl status PROGRAM…` prints: read it with parseState (its exit status is 0 even for BACKOFF). */
+export async function supervisorStatus(path: string, programs: string[], timeoutMs: number): Promise<string> {
+  return (await supervisorctl(path, ["status", ...programs], timeoutMs)).output;
+}
+
 /**
  * Restarts the program, then waits until supervisor reports it RUNNING and, when a port is given,
  * until it accepts a TCP connection on 127.0.0.1. Throws with the reason when it does not come up
@@ -37,11 +42,11 @@ export async function restartAndCheck(check: ServiceCheck): Promise<void> {
   if (restart.code !== 0) throw new Error(`supervisorctl restart ${check.program} failed (exit ${restart.code}): ${oneLine(restart.output)}`);
   // restart exits 0 even for BACKOFF, so the state word is what counts.
   for (;;) {
-    const status = await supervisorctl(check.supervisorctl, ["status", check.program], check.timeoutMs);
-    const state = parseState(status.output, check.program);
+    const status = await supervisorStatus(check.supervisorctl, [check.program], check.timeoutMs);
+    const state = parseState(status, check.program);
     if (state === "RUNNING") break;
     if (state !== "STARTING" || Date.now() > deadline) {
-      throw new Error(`${check.program} is ${state ?? "unknown"} after restart${state ? "" : `: ${oneLine(status.output)}`}`);
+      throw new Error(`${check.program} is ${state ?? "unknown"} after restart${state ? "" : `: ${oneLine(status)}`}`);
     }
     await Bun.sleep(200);
   }

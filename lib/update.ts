@@ -6,8 +6,8 @@ import type { Settings } from "./config.ts";
 import { discard, downloadVerified, type Downloaded } from "./download.ts";
 import { removeIfPresent } from "./fsx.ts";
 import { short, type HashCache, type Sha256 } from "./hash.ts";
-import { activeHold, describeHold, holdAfterFailure } from "./hold.ts";
-import { backupPath, installDownload, keepBackup, pruneBackups, restoreBackup } from "./install.ts";
+import { activeHold, describeHold, holdAfterFailure, holdAfterRollback } from "./hold.ts";
+import { backupPath, installDownload, keepBackup, pruneBackups, restoreBackup, stageBackup } from "./install.ts";
 import { acquireVersionLock, versionLockAge, type VersionLock } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
 import { updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
@@ -23,6 +23,13 @@ export interface PassContext {
 }
 
 export type Outcome = "up-to-date" | "adopted" | "held" | "busy" | "updated" | "failed";
+
+/**
+ * Where the version to install comes from. A pass downloads the API's target once the plan allows
+ * it; `rollback NAME` installs the kept backup of previousVersion whatever the API names, and holds
+ * the version it leaves.
+ */
+export type Source = { kind: "download" } | { kind: "backup" };
 
 export type Plan =
   | { kind: "up-to-date" }
@@ -44,6 +51,11 @@ export function plan(entry: Entry, onDisk: Sha256 | null, target: Sha256, now: D
   return hold ? { kind: "held", hold } : { kind: "update" };
 }
 
+/** `rollback NAME` always installs its backup; only a rollback killed after its swap is finished instead. */
+export function planRestore(onDisk: Sha256 | null, target: Sha256): Plan {
+  return onDisk === target ? { kind: "finish" } : { kind: "update" };
+}
+
 /** bin-proxy in its own manifest is the running executable; every other binary lives in BIN_DIR. */
 export function binaryPath(settings: Settings, name: string): string {
   return name === "bin-proxy" ? process.execPath : join(settings.binDir, name);
@@ -55,20 +67,20 @@ export function partialPath(binPath: string, sha: Sha256): string {
 }
 
 /** Hashes the binary on disk; a symlink is refused rather than followed (its target could be anywhere). */
-function currentHash(ctx: PassContext, binPath: string): Sha256 | null {
+export function currentHash(cache: HashCache, binPath: string): Sha256 | null {
   try {
     if (lstatSync(binPath).isSymbolicLink()) throw new Error(`${binPath} is a symlink; bin-proxy manages regular files only`);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw err;
   }
-  return ctx.cache.hash(binPath);
+  return cache.hash(binPath);
 }
 
 /** --dry-run: what a real pass would do, from reads only (no lock taken, nothing written). */
 export function preview(ctx: PassContext, entry: Entry, target: Target): string {
   const binPath = binaryPath(ctx.settings, entry.binaryName);
-  const onDisk = currentHash(ctx, binPath);
+  const onDisk = currentHash(ctx.cache, binPath);
   const decision = plan(entry, onDisk, target.sha256, new Date());
   switch (decision.kind) {
     case "up-to-date":
@@ -88,7 +100,7 @@ export function preview(ctx: PassContext, entry: Entry, target: Target): string 
 }
 
 /** One binary's update as a sequence of phases; rollback is their undo. */
-export async function updateBinary(ctx: PassContext, entry: Entry, target: Target): Promise<Outcome> {
+export async function updateBinary(ctx: PassContext, entry: Entry, target: Target, source: Source = { kind: "download" }): Promise<Outcome> {
   const { settings, api, log, cache } = ctx;
   const name = entry.binaryName;
   const binPath = binaryPath(settings, name);
@@ -112,6 +124,12 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
   };
   // The version this update replaces: what was on disk, or, when finishing a killed pass's swap, what the manifest names.
   const previousVersion = () => (decision.kind === "finish" ? entry.version : onDisk);
+  // rollback NAME holds the version it leaves (the manifest's, when that was no longer on disk) until the API names another.
+  const rollbackHold = () => {
+    const left = source.kind === "backup" ? (previousVersion() ?? entry.version) : null;
+    return left ? holdAfterRollback(left) : null;
+  };
+  let rollbackHeld = false;
   const recordManifest = (fields: Extract<ManifestEdit, { binaryName: string }>["fields"]) =>
     updateManifest(settings.manifest, settings.lockDir, [{ binaryName: name, fields }]);
   const service = entry.serviceName && settings.supervisorctl && !isSelf
@@ -121,8 +139,8 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
   const check: Phase<Outcome> = {
     name: "check",
     async run() {
-      onDisk = currentHash(ctx, binPath);
-      decision = plan(entry, onDisk, target.sha256, new Date());
+      onDisk = currentHash(cache, binPath);
+      decision = source.kind === "backup" ? planRestore(onDisk, target.sha256) : plan(entry, onDisk, target.sha256, new Date());
       if (decision.kind === "up-to-date") return "up-to-date";
       if (decision.kind === "held") {
         log.info("held", { bin: name, target: short(target.sha256), failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
@@ -151,16 +169,19 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
         log.info("obsolete_version_dropped", { bin: name, version: short(version) });
       }
     },
-    // Before the lock is let go, the failed target is marked held, so no pass retries it at once.
+    // Before the lock is let go, the failed target is marked held, so no pass retries it at once. A
+    // failed rollback leaves holds to the operator: the version it tried is not the API's target.
     async undo() {
       if (!lock) return;
-      const hold = holdAfterFailure(entry.hold, target.sha256, new Date(), settings.retryBackoffSec);
-      try {
-        recordManifest({ hold });
-      } catch (err) {
-        log.error("hold_not_recorded", { bin: name, error: errorText(err) });
+      if (source.kind === "download") {
+        const hold = holdAfterFailure(entry.hold, target.sha256, new Date(), settings.retryBackoffSec);
+        try {
+          recordManifest({ hold });
+        } catch (err) {
+          log.error("hold_not_recorded", { bin: name, error: errorText(err) });
+        }
+        log.info("holding", { bin: name, target: short(target.sha256), failures: hold.failures, until: hold.until ?? "" });
       }
-      log.info("holding", { bin: name, target: short(target.sha256), failures: hold.failures, until: hold.until ?? "" });
       await progress("failed");
     },
     cleanup() {
@@ -169,10 +190,18 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
   };
 
   const downloadPhase: Phase<Outcome> = {
-    name: "download",
+    name: source.kind === "backup" ? "verify-backup" : "download",
     async run() {
       if (decision.kind === "finish") return;
       await progress("in_progress");
+      if (source.kind === "backup") {
+        download = stageBackup(backupPath(settings.stateDir, name, target.sha256), partialPath(binPath, target.sha256), target.sha256);
+        // Held before the swap: a pass that starts meanwhile leaves the binary to this rollback
+        // instead of taking its own lock, which would end this run.
+        recordManifest({ hold: rollbackHold() });
+        rollbackHeld = true;
+        return;
+      }
       const ticker = setInterval(() => void progress("in_progress"), 10_000);
       try {
         download = await downloadVerified({
@@ -191,6 +220,7 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
     },
     async undo() {
       if (download) discard(download);
+      if (rollbackHeld) recordManifest({ hold: entry.hold });
     },
     cleanup() {
       if (download) discard(download);
@@ -242,9 +272,12 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
     name: "report",
     async run() {
       const previous = previousVersion();
-      recordManifest({ version: target.sha256, previousVersion: previous, hold: null });
+      const hold = rollbackHold();
+      recordManifest({ version: target.sha256, previousVersion: previous, hold });
       pruneBackups(settings.stateDir, name, [previous]);
-      log.info("updated", { bin: name, from: previous ? short(previous) : "none", to: short(target.sha256), took_ms: Date.now() - started });
+      log.info(source.kind === "backup" ? "reverted" : "updated", {
+        bin: name, from: previous ? short(previous) : "none", to: short(target.sha256), held: hold ? short(hold.version) : undefined, took_ms: Date.now() - started,
+      });
       await progress("success");
       try {
         await api.installed({ nodeName: settings.nodeName, binName: name, sha256: target.sha256, version: target.version });

@@ -1,0 +1,135 @@
+// Owns `bin-proxy status`: the local state of every managed binary as a table or JSON, offline and read-only.
+import type { Settings } from "./config.ts";
+import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
+import { activeHold, describeHold } from "./hold.ts";
+import { listVersionLocks, type LockInfo } from "./lock.ts";
+import { errorText } from "./log.ts";
+import { ManifestError, readManifest, type Entry, type Hold, type RejectedEntry } from "./manifest.ts";
+import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./pass.ts";
+import { parseState, supervisorStatus } from "./service.ts";
+import { binaryPath, currentHash } from "./update.ts";
+
+export interface BinaryStatus {
+  name: string;
+  /** The supervisor program; "" when the entry names none. */
+  service: string;
+  path: string;
+  /** SHA-256 of the file on disk; null when there is no file (or it could not be hashed: see diskError). */
+  onDisk: Sha256 | null;
+  diskError: string | null;
+  version: Sha256 | null;
+  previousVersion: Sha256 | null;
+  /** supervisorctl's state word; null when not asked (no service, bin-proxy itself, or SUPERVISORCTL empty); "UNKNOWN" when it did not say. */
+  supervisor: string | null;
+  locks: (LockInfo & { stale: boolean })[];
+  /** The manifest's hold; active is false once its backoff has passed (the next pass tries the target again). */
+  hold: (Hold & { active: boolean }) | null;
+  /** Why the binary needs an operator's look (the exit status is 1 when any does), or null. */
+  attention: string | null;
+}
+
+export interface StatusReport {
+  binaries: BinaryStatus[];
+  rejected: RejectedEntry[];
+}
+
+export interface StatusOptions {
+  json: boolean;
+  print: (text: string) => void;
+  warn: (text: string) => void;
+}
+
+/**
+ * Exit status: 0 every binary is on disk as the manifest records it and its service RUNNING; 1 the
+ * report was printed, but at least one binary needs attention (missing, unreadable, not the
+ * manifest's version, service not RUNNING) or a manifest entry is rejected; 2 the manifest cannot be
+ * read. Locks and holds are normal states and do not count. Nothing is written and the API is not
+ * called: the hash cache is read, never saved.
+ */
+export async function runStatus(settings: Settings, options: StatusOptions): Promise<number> {
+  let report: StatusReport;
+  try {
+    const manifest = readManifest(settings.manifest);
+    report = { binaries: await collect(settings, manifest.entries, new Date()), rejected: manifest.rejected };
+  } catch (err) {
+    if (!(err instanceof ManifestError)) throw err;
+    options.warn(`manifest ${settings.manifest} is invalid: ${err.message}`);
+    return EXIT_CONFIG;
+  }
+  options.print(options.json ? JSON.stringify(report, null, 2) : formatStatus(report));
+  return report.rejected.length > 0 || report.binaries.some((b) => b.attention) ? EXIT_FAILED : EXIT_OK;
+}
+
+async function collect(settings: Settings, entries: Entry[], now: Date): Promise<BinaryStatus[]> {
+  const cache = HashCache.load(hashCachePath(settings.stateDir));
+  const supervised = (e: Entry) => settings.supervisorctl !== null && e.serviceName !== "" && e.binaryName !== "bin-proxy";
+  const programs = [...new Set(entries.filter(supervised).map((e) => e.serviceName))];
+  // One supervisorctl call for every program: status stays fast however many binaries there are.
+  let states = "";
+  if (programs.length > 0) {
+    try {
+      states = await supervisorStatus(settings.supervisorctl!, programs, settings.healthTimeoutMs);
+    } catch {
+      // supervisorctl could not run: every state is UNKNOWN
+    }
+  }
+  return entries.map((entry) => {
+    const path = binaryPath(settings, entry.binaryName);
+    let onDisk: Sha256 | null = null;
+    let diskError: string | null = null;
+    try {
+      onDisk = currentHash(cache, path);
+    } catch (err) {
+      diskError = errorText(err);
+    }
+    const row: BinaryStatus = {
+      name: entry.binaryName,
+      service: entry.serviceName,
+      path,
+      onDisk,
+      diskError,
+      version: entry.version,
+      previousVersion: entry.previousVersion,
+      supervisor: supervised(entry) ? (parseState(states, entry.serviceName) ?? "UNKNOWN") : null,
+      locks: listVersionLocks(settings.lockDir, entry.binaryName).map((l) => ({ ...l, stale: l.ageSec >= settings.lockTimeoutSec })),
+      hold: entry.hold && { ...entry.hold, active: activeHold(entry.hold, entry.hold.version, now) !== null },
+      attention: null,
+    };
+    return { ...row, attention: attention(row) };
+  });
+}
+
+/** Why a binary needs an operator's look, or null; a lock or a hold is a normal state, not a problem. */
+export function attention(b: BinaryStatus): string | null {
+  if (b.diskError) return `cannot hash ${b.path}: ${b.diskError}`;
+  if (!b.onDisk) return `${b.path} is missing`;
+  if (b.version && b.onDisk !== b.version) return `on disk is ${short(b.onDisk)}, the manifest says ${short(b.version)}`;
+  if (b.supervisor && b.supervisor !== "RUNNING") return `service ${b.service} is ${b.supervisor}`;
+  return null;
+}
+
+const HEADER = ["NAME", "SERVICE", "ON-DISK", "VERSION", "PREVIOUS", "SUPERVISOR", "LOCK", "HOLD"];
+
+/** The cells of one row, in HEADER's order; "-" for nothing. */
+export function cells(b: BinaryStatus): string[] {
+  const sha = (s: Sha256 | null) => (s ? short(s) : "-");
+  const lock = b.locks.map((l) => `${short(l.version)} by ${l.holder}, ${l.ageSec}s${l.stale ? " (stale)" : ""}`).join("; ");
+  let hold = "-";
+  if (b.hold) {
+    const when = b.hold.active ? describeHold(b.hold) : `expired ${b.hold.until}`;
+    hold = `${short(b.hold.version)} ${when}${b.hold.failures > 0 ? ` (${b.hold.failures} failures)` : ""}`;
+  }
+  return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold];
+}
+
+/** The table, columns aligned, then one line per binary that needs attention and per rejected entry. */
+export function formatStatus(report: StatusReport): string {
+  const rows = [HEADER, ...report.binaries.map(cells)];
+  const widths = HEADER.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "));
+  const notes = [
+    ...report.binaries.filter((b) => b.attention).map((b) => `${b.name}: ${b.attention}`),
+    ...report.rejected.map((r) => `${r.label}: entry rejected: ${r.reason}`),
+  ];
+  return [...lines, ...(notes.length > 0 ? ["", ...notes] : [])].join("\n");
+}
