@@ -23,8 +23,13 @@ function osRelease(): string {
   return "";
 }
 
+/** The machine as `uname -m` names it: Bun 1.4.5's os.machine() says "arm64" where Linux says "aarch64". */
+export function unameMachine(bunMachine: string, platform: string): string {
+  return bunMachine === "arm64" && platform === "linux" ? "aarch64" : bunMachine;
+}
+
 export function gatherNodeInfo(nodeName: string, binProxyVersion: string): NodeInfo {
-  return { cpuArch: machine(), osRelease: osRelease(), nodeName, binProxyVersion };
+  return { cpuArch: unameMachine(machine(), process.platform), osRelease: osRelease(), nodeName, binProxyVersion };
 }
 
 export function sameNodeInfo(a: Partial<NodeInfo>, b: NodeInfo): boolean {

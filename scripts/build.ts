@@ -56,7 +56,8 @@ export interface CompileOptions {
   executablePath?: string;
 }
 
-export async function compile(outfile: string, target: string, options: CompileOptions = {}): Promise<void> {
+/** Compiles for target with the safety flags and `flags` (the release's by default; a benchmark passes others). */
+export async function compile(outfile: string, target: string, flags: string[] = RELEASE_FLAGS, options: CompileOptions = {}): Promise<void> {
   const defines = [
     `--define=BIN_PROXY_COMMIT=${JSON.stringify(options.commit ?? (await commit()))}`,
     `--define=BIN_PROXY_TARGET=${JSON.stringify(target)}`,
@@ -66,7 +67,7 @@ export async function compile(outfile: string, target: string, options: CompileO
   // Built beside the destination and renamed over it: a test running the old executable never sees half a file.
   const temp = `${outfile}.${process.pid}.tmp`;
   mkdirSync(dirname(outfile), { recursive: true });
-  const result = await $`${process.execPath} build ${SAFE_FLAGS} ${RELEASE_FLAGS} ${targetFlag} ${runtime} ${defines} ${join(root, "bin-proxy.ts")} --outfile ${temp}`
+  const result = await $`${process.execPath} build ${SAFE_FLAGS} ${flags} ${targetFlag} ${runtime} ${defines} ${join(root, "bin-proxy.ts")} --outfile ${temp}`
     .cwd(root).nothrow().quiet();
   if (result.exitCode !== 0) {
     rmSync(temp, { force: true });
@@ -94,12 +95,12 @@ export async function buildRelease(dir: string, options: Pick<CompileOptions, "c
   for (const { asset, target, npmPackage } of RELEASE_ASSETS) {
     const outfile = join(dir, asset);
     try {
-      await compile(outfile, target, options);
+      await compile(outfile, target, RELEASE_FLAGS, options);
     } catch (err) {
       console.error(`${(err as Error).message}\ntrying the runtime from npm instead (npm pack ${npmPackage}@${Bun.version})`);
       const scratch = mkdtempSync(join(tmpdir(), "bin-proxy-runtime-"));
       try {
-        await compile(outfile, target, { ...options, executablePath: await runtimeFromNpm(npmPackage, scratch) });
+        await compile(outfile, target, RELEASE_FLAGS, { ...options, executablePath: await runtimeFromNpm(npmPackage, scratch) });
       } finally {
         rmSync(scratch, { recursive: true, force: true });
       }
