@@ -117,7 +117,7 @@ export function cells(b: BinaryStatus): string[] {
   let hold = "-";
   if (b.hold) {
     const when = b.hold.active ? describeHold(b.hold) : `expired ${b.hold.until}`;
-    hold = `${short(b.hold.version)} ${when}${b.hold.failures > 0 ? ` (${b.hold.failures} failures)` : ""}`;
+    hold = `${short(b.hold.version)} ${when}${b.hold.failures > 0 ? ` (${b.hold.failures} failure${b.hold.failures === 1 ? "" : "s"})` : ""}`;
   }
   return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold];
 }
