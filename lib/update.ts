@@ -303,7 +303,16 @@ async function checkRuns(download: Downloaded): Promise<void> {
   closeSync(download.fd);
   download.fd = openSync(download.tempPath, constants.O_RDONLY | constants.O_NOFOLLOW);
   const { BIN_MANAGER_TOKEN: _token, ...env } = process.env;
-  const child = Bun.spawn([download.tempPath, "--version"], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: 30_000, killSignal: "SIGKILL" });
-  const [out, code] = await Promise.all([new Response(child.stdout).text(), child.exited]);
-  if (code !== 0 || !out.startsWith("bin-proxy ")) throw new Error(`the new bin-proxy does not run: --version exited ${code}: ${out.trim().slice(0, 200)}`);
+  let child;
+  try {
+    child = Bun.spawn([download.tempPath, "--version"], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: 30_000, killSignal: "SIGKILL" });
+  } catch (err) {
+    const why = (err as NodeJS.ErrnoException).code === "ENOEXEC" ? "it is not an executable for this machine (a build for another architecture?)" : errorText(err);
+    throw new Error(`the new bin-proxy does not run: ${why}`);
+  }
+  // Both pipes are read while it runs: a child blocked on a full stderr would only end at the timeout.
+  const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
+  if (code !== 0 || !out.startsWith("bin-proxy ")) {
+    throw new Error(`the new bin-proxy does not run: --version exited ${code}: ${(out.trim() || err.trim()).slice(0, 200)}`);
+  }
 }
