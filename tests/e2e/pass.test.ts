@@ -727,8 +727,16 @@ describe("manifest and settings", () => {
     writeFileSync(join(host.lockDir, `dbusy-${v2.sha256}.lock`), `${Math.floor(Date.now() / 1000)}\n`);
     const before = snapshot(host);
 
-    const r = await pass(host, { NODE_NAME: "dry-node" }, ["--dry-run"]);
+    // A keepalive failure gives the pass something to log: in a dry run that goes to stderr, never to LOG_FILE.
+    bm.override("GET", `${API}/keepalive`, status(503));
+    let r;
+    try {
+      r = await pass(host, { NODE_NAME: "dry-node" }, ["--dry-run"]);
+    } finally {
+      bm.override("GET", `${API}/keepalive`, null);
+    }
     expect(r.code).toBe(0);
+    expect(parseLog(r.stderr).map((l) => l.event)).toEqual(["keepalive_failed"]);
     expect(r.stdout).toBe(
       [
         "dsame: up-to-date",
