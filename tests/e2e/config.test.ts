@@ -145,7 +145,7 @@ describe("precedence: flags > environment > file > defaults", () => {
   test('an empty environment value is set: SUPERVISORCTL="" overrides a bad path in the file', async () => {
     const file = join(host.root, "etc", "ctl.conf");
     writeFileSync(file, "SUPERVISORCTL=/nonexistent/supervisorctl\n");
-    const env = { ...host.env(bm.api), BIN_PROXY_CONFIG: file };
+    const env: Record<string, string> = { ...host.env(bm.api), BIN_PROXY_CONFIG: file };
     expect((await runBinProxy(["--dry-run"], { ...env, SUPERVISORCTL: "" })).code).toBe(0);
     const { SUPERVISORCTL: _unset, ...withoutCtl } = env;
     const r = await runBinProxy(["--dry-run"], withoutCtl);
