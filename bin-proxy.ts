@@ -1,11 +1,14 @@
 // bin-proxy: keeps this host's supervised binaries in step with bin-manager. Start at runPass (lib/pass.ts).
 import { ConfigError, loadSettings, type Settings } from "./lib/config.ts";
 import { parseArgs, UsageError, USAGE, type Invocation } from "./lib/cli.ts";
-import { errorText, Logger } from "./lib/log.ts";
+import { errorText, Logger, redact } from "./lib/log.ts";
 import { EXIT_CONFIG, EXIT_FAILED, runPass } from "./lib/pass.ts";
 import { retry, rollback } from "./lib/rollback.ts";
 import { runStatus } from "./lib/status.ts";
 import { versionLine } from "./lib/version.ts";
+
+/** The API token, as soon as it is known: kept out of the last-resort lines below too. */
+const secrets: string[] = process.env.BIN_MANAGER_TOKEN ? [process.env.BIN_MANAGER_TOKEN] : [];
 
 async function main(argv: string[]): Promise<number> {
   let invocation: Invocation;
@@ -26,6 +29,7 @@ async function main(argv: string[]): Promise<number> {
     if (!(err instanceof ConfigError)) throw err;
     return fatal(`configuration error: ${err.message}`, EXIT_CONFIG);
   }
+  if (settings.token) secrets.push(settings.token);
   const interactive = process.stdin.isTTY === true;
   switch (command.kind) {
     case "pass": {
@@ -54,16 +58,16 @@ function print(line: string): number {
 
 /** A usage or configuration error: said on stderr, and logged where the log file is known. */
 function fatal(message: string, code: number): number {
-  process.stderr.write(`bin-proxy: ${message}\n`);
+  process.stderr.write(redact(`bin-proxy: ${message}`, secrets) + "\n");
   const logFile = process.env.LOG_FILE;
-  if (logFile) new Logger({ file: logFile, echo: false, secrets: [] }).warn("not_started", { error: message.split("\n")[0] });
+  if (logFile) new Logger({ file: logFile, echo: false, secrets }).warn("not_started", { error: message.split("\n")[0] });
   return code;
 }
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err) => {
-    process.stderr.write(`bin-proxy: unexpected error: ${errorText(err)}\n`);
+    process.stderr.write(redact(`bin-proxy: unexpected error: ${errorText(err)}`, secrets) + "\n");
     process.exit(EXIT_FAILED);
   },
 );

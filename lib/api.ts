@@ -1,7 +1,7 @@
 // Owns the bin-manager API: the calls of SPEC §5, and validating every answer into a typed value.
 import type { Settings } from "./config.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
-import { describe, HttpError, readCapped, request, type HttpPolicy } from "./http.ts";
+import { describe, fetchFailure, HttpError, readCapped, request, type HttpPolicy } from "./http.ts";
 import type { NodeInfo } from "./manifest.ts";
 
 export class ApiError extends Error {}
@@ -114,7 +114,7 @@ export class BinManagerClient {
       }
     } catch (err) {
       if (err instanceof ApiError || err instanceof HttpError) throw err;
-      throw new ApiError(`${what}: ${signal.aborted ? `no answer within ${this.settings.httpTimeoutMs / 1000}s` : (err as Error).message}`);
+      throw new ApiError(`${what}: ${signal.aborted ? `no answer within ${this.settings.httpTimeoutMs / 1000}s` : fetchFailure(err)}`);
     }
   }
 }

@@ -2,7 +2,7 @@
 import { closeSync } from "node:fs";
 import { createExclusive, removeIfPresent, writeAll } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
-import { describe, request, type HttpPolicy } from "./http.ts";
+import { describe, fetchFailure, request, type HttpPolicy } from "./http.ts";
 import { errorText } from "./log.ts";
 
 export interface DownloadRequest {
@@ -21,6 +21,7 @@ export interface DownloadRequest {
 
 /** A verified download: the temp file, still open so the install can fsync it without reopening. */
 export interface Downloaded {
+  /** -1 once closed, or handed to the install. */
   fd: number;
   tempPath: string;
   bytes: number;
@@ -71,7 +72,9 @@ async function downloadOnce(url: string, req: DownloadRequest): Promise<Download
     try {
       for (;;) {
         arm("no data");
-        const { done, value } = await reader.read();
+        const { done, value } = await reader.read().catch((err: unknown) => {
+          throw new DownloadError(`body cut short after ${bytes} bytes: ${fetchFailure(err)}`);
+        });
         if (done) break;
         bytes += value.length;
         if (bytes > req.maxBytes) throw new DownloadError(`more than MAX_DOWNLOAD_BYTES (${req.maxBytes}) bytes`);
@@ -94,12 +97,10 @@ async function downloadOnce(url: string, req: DownloadRequest): Promise<Download
   }
 }
 
-/** Undoes a download: the temp file is closed and removed. */
+/** Undoes a download: the temp file is closed (unless the install took it) and removed. */
 export function discard(download: Downloaded): void {
-  try {
-    closeSync(download.fd);
-  } catch {
-    // already handed to the install, which closed it
-  }
+  // Never close a number twice: by now it may be another file's, or a socket's.
+  if (download.fd >= 0) closeSync(download.fd);
+  download.fd = -1;
   removeIfPresent(download.tempPath);
 }

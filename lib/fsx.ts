@@ -1,7 +1,7 @@
 // Owns the file primitives every writer shares: exclusive creation, the atomic replace, and leftover sweeping.
 import {
-  closeSync, constants, fchmodSync, fchownSync, fsyncSync, openSync, readdirSync, renameSync, statSync,
-  unlinkSync, writeSync,
+  closeSync, constants, fchmodSync, fchownSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync, statSync,
+  unlinkSync, writeSync, type Stats,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
 
@@ -14,6 +14,23 @@ export interface FileMeta {
 /** Creates path for writing, failing if anything (even a dangling symlink) is already there. */
 export function createExclusive(path: string, mode: number): number {
   return openSync(path, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, mode);
+}
+
+/**
+ * Creates dir (0700, missing parents too) unless it exists, and returns its lstat. A symlink or a
+ * non-directory there is refused: what bin-proxy writes in dir must not land anywhere else.
+ */
+export function ensureDirectory(dir: string): Stats {
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    // EEXIST: something that is not a directory is there; lstat below says what.
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw new Error(`cannot create ${dir}: ${(err as Error).message}`);
+  }
+  const st = lstatSync(dir);
+  if (st.isSymbolicLink()) throw new Error(`${dir} is a symlink; refusing to use it`);
+  if (!st.isDirectory()) throw new Error(`${dir} is not a directory`);
+  return st;
 }
 
 export function writeAll(fd: number, data: Uint8Array): void {
@@ -32,13 +49,17 @@ export function fsyncDir(dir: string): void {
 /**
  * The one way a file is replaced. Mode and owner are set and the data made durable before the
  * rename, and the directory entry after it, so that whatever instant the machine dies, dest is
- * either the old file or the complete new one.
+ * either the old file or the complete new one. It takes fd: closed whatever happens, so no caller
+ * ever closes that number again (by then it may be another file's, or a socket's).
  */
 export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta): void {
-  fchownSync(fd, meta.uid, meta.gid);
-  fchmodSync(fd, meta.mode);
-  fsyncSync(fd);
-  closeSync(fd);
+  try {
+    fchownSync(fd, meta.uid, meta.gid);
+    fchmodSync(fd, meta.mode);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
   renameSync(tempPath, dest);
   fsyncDir(dirname(dest));
 }
@@ -66,14 +87,14 @@ export function writeFileAtomic(dest: string, data: string | Uint8Array, fallbac
   removeIfPresent(temp); // only a dead process of our own pid can have left it
   const fd = createExclusive(temp, 0o600);
   try {
-    writeAll(fd, typeof data === "string" ? Buffer.from(data) : data);
+    try {
+      writeAll(fd, typeof data === "string" ? Buffer.from(data) : data);
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
     replaceAtomically(fd, temp, dest, meta);
   } catch (err) {
-    try {
-      closeSync(fd);
-    } catch {
-      // already closed by replaceAtomically
-    }
     removeIfPresent(temp);
     throw err;
   }

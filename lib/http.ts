@@ -50,8 +50,33 @@ export function describe(url: URL | string): string {
 
 function networkReason(err: unknown, signal: AbortSignal): string {
   if (signal.aborted) return signal.reason instanceof Error && signal.reason.name === "TimeoutError" ? "timed out" : String(signal.reason?.message ?? "aborted");
-  const e = err as { code?: string; message?: string };
-  return [e.code, e.message].filter(Boolean).join(": ") || String(err);
+  return fetchFailure(err);
+}
+
+// OpenSSL's verification failures, as fetch reports them in `code`.
+const UNTRUSTED_CERTIFICATE = /^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|UNABLE_TO_GET_ISSUER_CERT(_LOCALLY)?|SELF_SIGNED_CERT_IN_CHAIN|DEPTH_ZERO_SELF_SIGNED_CERT|CERT_UNTRUSTED)$/;
+const CERTIFICATE_PROBLEM = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/;
+
+/**
+ * What made a fetch or a body read fail, in words an operator can act on. Bun's advice to pass
+ * `verbose: true` is dropped, and so is the URL it repeats (the caller names the URL, without its
+ * query string). A refused certificate says what to check.
+ */
+export function fetchFailure(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const code = typeof e.code === "string" ? e.code : "";
+  const message = (typeof e.message === "string" ? e.message : String(err))
+    .replace(/ fetching "[^"]*"/, "")
+    .replace(/\.? *For more information, pass `verbose: true`.*$/s, "")
+    .trim();
+  const text = code && !message.startsWith(code) ? `${code}: ${message}` : message || code;
+  if (!CERTIFICATE_PROBLEM.test(code)) return text;
+  const advice = UNTRUSTED_CERTIFICATE.test(code)
+    ? "not signed by a trusted CA; for a private CA, set NODE_EXTRA_CA_CERTS to its certificate file"
+    : code === "ERR_TLS_CERT_ALTNAME_INVALID"
+      ? "the certificate was not issued for this host name"
+      : "the certificate is not valid";
+  return `TLS certificate refused (${text}): ${advice}`;
 }
 
 /** Reads a body of at most maxBytes, refusing a larger one without reading it all. */

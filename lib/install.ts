@@ -1,8 +1,8 @@
 // Owns putting a binary in place: backups under the state dir, and the atomic swap (and swap back).
-import { closeSync, constants, copyFileSync, fstatSync, linkSync, mkdirSync, openSync, readdirSync } from "node:fs";
+import { closeSync, constants, copyFileSync, fstatSync, linkSync, openSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import type { Downloaded } from "./download.ts";
-import { metaOf, removeIfPresent, replaceAtomically, tempPathFor, type FileMeta } from "./fsx.ts";
+import { ensureDirectory, metaOf, removeIfPresent, replaceAtomically, tempPathFor, type FileMeta } from "./fsx.ts";
 import { hashFile, short, type Sha256 } from "./hash.ts";
 
 /** A binary bin-proxy installs where none was before: root's, executable by all. */
@@ -35,11 +35,6 @@ function copyAtomically(src: string, dest: string): void {
   try {
     replaceAtomically(fd, temp, dest, metaOf(src, NEW_BINARY_META));
   } catch (err) {
-    try {
-      closeSync(fd);
-    } catch {
-      // closed by replaceAtomically before it failed
-    }
     removeIfPresent(temp);
     throw err;
   }
@@ -48,14 +43,18 @@ function copyAtomically(src: string, dest: string): void {
 /** Keeps the current binary (of hash sha) under the state dir, so it can be put back. */
 export function keepBackup(binPath: string, stateDir: string, name: string, sha: Sha256): string {
   const dest = backupPath(stateDir, name, sha);
-  mkdirSync(join(stateDir, "backups", name), { recursive: true, mode: 0o700 });
+  // Level by level: mkdir would follow a symlink planted at backups/ and put the backup elsewhere.
+  ensureDirectory(join(stateDir, "backups"));
+  ensureDirectory(join(stateDir, "backups", name));
   copyAtomically(binPath, dest);
   return dest;
 }
 
 /** Swaps a verified download in over binPath, with the current binary's mode and owner. */
 export function installDownload(download: Downloaded, binPath: string): void {
-  replaceAtomically(download.fd, download.tempPath, binPath, metaOf(binPath, NEW_BINARY_META));
+  const fd = download.fd;
+  download.fd = -1; // replaceAtomically closes it, whatever happens
+  replaceAtomically(fd, download.tempPath, binPath, metaOf(binPath, NEW_BINARY_META));
 }
 
 /**

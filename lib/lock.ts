@@ -1,11 +1,11 @@
 // Owns locking: version lock files (the old script's format) with a recorded holder, and short exclusive file locks.
 import { dlopen, FFIType } from "bun:ffi";
 import {
-  closeSync, constants, existsSync, fstatSync, ftruncateSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync,
-  readlinkSync, statSync, writeSync,
+  closeSync, constants, existsSync, fstatSync, ftruncateSync, lstatSync, openSync, readdirSync, readFileSync,
+  readlinkSync, statSync, writeSync, type Stats,
 } from "node:fs";
 import { join } from "node:path";
-import { removeIfPresent, writeFileAtomic } from "./fsx.ts";
+import { ensureDirectory, removeIfPresent, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 
 // flock(2) is the kernel's record of who holds a lock: it vanishes with the holder, whatever killed
@@ -19,16 +19,18 @@ export class LockDirError extends Error {}
 
 /** Creates the lock directory (0700) if missing; refuses one that others could plant files in. */
 export function prepareLockDir(dir: string): void {
+  let st: Stats;
   try {
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    st = ensureDirectory(dir);
   } catch (err) {
-    throw new LockDirError(`cannot create lock directory ${dir}: ${(err as Error).message}`);
+    throw new LockDirError(`lock directory: ${(err as Error).message}`);
   }
-  const st = lstatSync(dir);
-  if (st.isSymbolicLink()) throw new LockDirError(`lock directory ${dir} is a symlink; refusing to use it`);
-  if (!st.isDirectory()) throw new LockDirError(`lock directory ${dir} is not a directory`);
-  if (st.mode & 0o002 && !(st.mode & 0o1000)) {
-    throw new LockDirError(`lock directory ${dir} is world-writable; make it 0700 (chmod 700 ${dir})`);
+  // Whoever can write here can plant a fresh-looking lock that blocks an update for ever, or hold
+  // the manifest's lock; a sticky bit stops neither.
+  if (st.mode & 0o002) throw new LockDirError(`lock directory ${dir} is world-writable; make it 0700 (chmod 700 ${dir})`);
+  const uid = process.geteuid!();
+  if (st.uid !== uid && st.uid !== 0) {
+    throw new LockDirError(`lock directory ${dir} belongs to uid ${st.uid}, who could plant files in it; chown it to ${uid === 0 ? "root" : `uid ${uid}`}`);
   }
 }
 

@@ -1,5 +1,6 @@
 // Owns the event log: one logfmt line per event, appended to LOG_FILE and echoed to stderr when asked.
-import { appendFileSync } from "node:fs";
+import { closeSync, constants, openSync } from "node:fs";
+import { writeAll } from "./fsx.ts";
 
 export type Level = "info" | "warn" | "error";
 export type Fields = Record<string, string | number | boolean | undefined>;
@@ -12,6 +13,8 @@ export interface LogOptions {
   /** Strings that must never appear in a line (the API token). */
   secrets: string[];
 }
+
+const APPEND_NOFOLLOW = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
 
 const BARE_VALUE = /^[A-Za-z0-9._:/@+\-,>]+$/;
 
@@ -58,16 +61,24 @@ export class Logger {
 
   private write(level: Level, event: string, fields: Fields): void {
     const line = redact(formatLine(new Date(), level, event, fields), this.options.secrets);
-    if (this.options.echo || level === "error" || this.options.file === undefined) {
+    // Once the log file has failed, every line goes to stderr instead, so cron mails what the log lost.
+    if (this.options.echo || level === "error" || this.options.file === undefined || this.fileBroken) {
       process.stderr.write(line + "\n");
     }
     if (this.options.file === undefined || this.fileBroken) return;
     try {
-      appendFileSync(this.options.file, line + "\n", { mode: 0o640 });
+      // Root appends here: a symlink planted at the log's path must not redirect the write elsewhere.
+      const fd = openSync(this.options.file, APPEND_NOFOLLOW, 0o640);
+      try {
+        writeAll(fd, Buffer.from(line + "\n"));
+      } finally {
+        closeSync(fd);
+      }
     } catch (err) {
-      // An unwritable log must not stop the pass; say so once, on stderr, where cron mails it.
+      // An unwritable log must not stop the pass; say so on stderr, where cron mails it.
       this.fileBroken = true;
-      process.stderr.write(`bin-proxy: cannot write log file ${this.options.file}: ${errorText(err)}\n`);
+      process.stderr.write(redact(`bin-proxy: cannot write log file ${this.options.file}: ${errorText(err)}`, this.options.secrets) + "\n");
+      if (!this.options.echo && level !== "error") process.stderr.write(line + "\n");
     }
   }
 }
@@ -76,7 +87,9 @@ export class Logger {
 export function errorText(err: unknown): string {
   if (err instanceof Error) {
     const code = (err as NodeJS.ErrnoException).code;
-    return code && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;
+    const text = code && !err.message.includes(code) ? `${code}: ${err.message}` : err.message;
+    // Every file bin-proxy creates or rewrites is opened with O_NOFOLLOW: ELOOP means a planted symlink.
+    return code === "ELOOP" ? `${text} (a symlink where bin-proxy keeps its own file; it is never followed: remove it)` : text;
   }
   return String(err);
 }

@@ -301,6 +301,7 @@ async function checkRuns(download: Downloaded): Promise<void> {
   // Executing a file still open for writing fails with ETXTBSY: close it, run it, reopen it.
   fchmodSync(download.fd, 0o700);
   closeSync(download.fd);
+  download.fd = -1; // should the reopen fail, discard must not close that number again
   download.fd = openSync(download.tempPath, constants.O_RDONLY | constants.O_NOFOLLOW);
   const { BIN_MANAGER_TOKEN: _token, ...env } = process.env;
   let child;
