@@ -26,6 +26,8 @@ const API = "/api/v1";
 const MANIFEST_LOCK = ".bin-proxy-manifest.lock";
 const short = (sha: string) => sha.slice(0, 12);
 const bytesOf = (art: Artifact) => Buffer.from(art.bytes);
+// supervisord and its restarts take seconds: these tests do not depend on the runner's default timeout.
+const SUPERVISED_MS = 60_000;
 
 // ---------------------------------------------------------------------------------------------
 // The log: every line must be logfmt as SPEC §8 shows it, so reading the log checks its format.
@@ -138,14 +140,14 @@ beforeAll(async () => {
     services.set(spec.name, { name: spec.name, host, path, v1: artifact(content), port: spec.port ?? 0 });
   }
   sup = await startSupervisor(supDir, [...services.values()].map((s) => ({ name: s.name, command: s.path })));
-});
+}, SUPERVISED_MS);
 
 afterAll(async () => {
   await sup?.stop();
   await bm?.stop();
   for (const host of hosts) host.cleanup();
   if (supDir) rmSync(supDir, { recursive: true, force: true });
-});
+}, SUPERVISED_MS);
 
 beforeEach(() => bm.clearRequests());
 
@@ -182,7 +184,7 @@ describe("with a supervised service", () => {
     const updated = eventsOf(s.host, "updated");
     expect(updated).toHaveLength(1);
     expect(updated[0]!.fields).toMatchObject({ bin: "upd", from: short(s.v1.sha256), to: short(v2.sha256) });
-  });
+  }, SUPERVISED_MS);
 
   test("no-op: same hash, so no download, no restart, no rewrite, nothing printed", async () => {
     const s = service("upd");
@@ -204,7 +206,7 @@ describe("with a supervised service", () => {
 
     const once = await pass(s.host, { SUPERVISORCTL: sup.ctl }, ["--once"]);
     expect(once).toEqual({ code: 0, stdout: "", stderr: "" });
-  });
+  }, SUPERVISED_MS);
 
   test("restart failure: rolled back to the byte-identical old binary, RUNNING again, reported failed, exit 1", async () => {
     const s = service("rf");
@@ -261,7 +263,7 @@ describe("with a supervised service", () => {
     expect(downloadsOf("rf")).toEqual([]);
     expect(await sup.pid("rf")).toBe(pidAfter);
     expect(eventsOf(s.host, "held")).toHaveLength(1);
-  });
+  }, SUPERVISED_MS);
 
   test("port health check failure: the new binary runs but does not listen, so it is rolled back", async () => {
     const s = service("ph");
@@ -286,7 +288,7 @@ describe("with a supervised service", () => {
     expect(s.host.readManifest().binaries[0]!.version).toBe(s.v1.sha256);
     expect(progressOf("ph").map((p) => p.status)).toEqual(["in_progress", "failed"]);
     expect(requestsTo("POST", `${API}/bins/ph`)).toEqual([]);
-  });
+  }, SUPERVISED_MS);
 
   test('SUPERVISORCTL="" installs the update without restarting anything', async () => {
     const s = service("noctl");
@@ -301,7 +303,7 @@ describe("with a supervised service", () => {
     expect(await sup.pid("noctl")).toBe(pidBefore);
     expect(s.host.readManifest().binaries[0]!.version).toBe(v2.sha256);
     expect(progressOf("noctl").map((p) => p.status)).toEqual(["in_progress", "success"]);
-  });
+  }, SUPERVISED_MS);
 
   test("target on disk but the manifest names the old version: a pass died after the swap, so restart and report", async () => {
     const s = service("fin");
@@ -325,7 +327,7 @@ describe("with a supervised service", () => {
     expect(progressOf("fin").map((p) => p.status)).toEqual(["success"]);
     expect(requestsTo("POST", `${API}/bins/fin`).map((q) => q.body)).toEqual([{ nodeName: "test-node", binName: "fin", sha256: v2.sha256, version: "2.0.0" }]);
     expect(readFileSync(join(s.host.stateDir, "backups", "fin", s.v1.sha256))).toEqual(bytesOf(s.v1));
-  });
+  }, SUPERVISED_MS);
 
   test("target on disk and an empty manifest version: adopted, recorded, nothing restarted or reported", async () => {
     const s = service("adp");
@@ -339,7 +341,7 @@ describe("with a supervised service", () => {
     expect(s.host.readManifest().binaries[0]!.version).toBe(s.v1.sha256);
     expect(calls().filter((c) => c.includes("/bins/adp"))).toEqual([`GET ${API}/bins/adp`]);
     expect(eventsOf(s.host, "adopted")).toHaveLength(1);
-  });
+  }, SUPERVISED_MS);
 });
 
 describe("downloads", () => {
