@@ -1,4 +1,5 @@
 // bin-proxy: keeps this host's supervised binaries in step with bin-manager. Start at runPass (lib/pass.ts).
+import { isAbsolute } from "node:path";
 import { ConfigError, loadSettings, type Settings } from "./lib/config.ts";
 import { parseArgs, UsageError, USAGE, type Invocation } from "./lib/cli.ts";
 import { errorText, Logger, redact } from "./lib/log.ts";
@@ -27,7 +28,7 @@ async function main(argv: string[]): Promise<number> {
     settings = loadSettings({ configFlag: configPath, env: process.env });
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    return fatal(`configuration error: ${err.message}`, EXIT_CONFIG);
+    return fatal(`configuration error: ${err.message}`, EXIT_CONFIG, err.logFile);
   }
   if (settings.token) secrets.push(settings.token);
   const interactive = process.stdin.isTTY === true;
@@ -57,10 +58,9 @@ function print(line: string): number {
 }
 
 /** A usage or configuration error: said on stderr, and logged where the log file is known. */
-function fatal(message: string, code: number): number {
+function fatal(message: string, code: number, logFile = process.env.LOG_FILE): number {
   process.stderr.write(redact(`bin-proxy: ${message}`, secrets) + "\n");
-  const logFile = process.env.LOG_FILE;
-  if (logFile) new Logger({ file: logFile, echo: false, secrets }).warn("not_started", { error: message.split("\n")[0] });
+  if (logFile && isAbsolute(logFile)) new Logger({ file: logFile, echo: false, secrets }).warn("not_started", { error: message.split("\n")[0] });
   return code;
 }
 

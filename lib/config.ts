@@ -25,7 +25,10 @@ export interface Settings {
   healthTimeoutMs: number;
 }
 
-export class ConfigError extends Error {}
+export class ConfigError extends Error {
+  /** LOG_FILE as the environment or config file set it, so that the failure can still be logged there. */
+  logFile: string | undefined;
+}
 
 /** Every key bin-proxy reads, from the environment or the config file. */
 export const SETTING_KEYS = [
@@ -154,7 +157,12 @@ export function loadSettings(source: ConfigSource): Settings {
   }
   // Environment over file, as SPEC §3 orders them; an empty environment value still counts as set.
   const raw = (key: Key): string | undefined => source.env[key] ?? fileValues.get(key);
-  return resolveSettings(raw);
+  try {
+    return resolveSettings(raw);
+  } catch (err) {
+    if (err instanceof ConfigError) err.logFile = raw("LOG_FILE") || undefined;
+    throw err;
+  }
 }
 
 /** Applies defaults and validates each value; pure apart from locating supervisorctl and the host name. */

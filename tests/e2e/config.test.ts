@@ -197,6 +197,18 @@ describe("configuration errors: exit 2, the key named, nothing touched", () => {
     });
   }
 
+  test("a bad value is logged to the LOG_FILE the config file names, when only the file names it", async () => {
+    const host = newHost();
+    host.writeManifest([]);
+    const env = host.env(bm.api);
+    delete env.LOG_FILE;
+    writeFileSync(env.BIN_PROXY_CONFIG!, `export LOG_FILE="${host.logFile}"\nexport LOCK_TIMEOUT="soon"\n`);
+    const r = await runBinProxy([], env);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("LOCK_TIMEOUT");
+    expect(host.log()).toContain("LOCK_TIMEOUT");
+  });
+
   test("command substitution in the file is refused, naming the key and the line", async () => {
     const host = newHost();
     host.writeManifest([]);
