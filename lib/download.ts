@@ -1,7 +1,8 @@
 // Owns downloading: streaming a binary into an exclusive temp file while hashing it, verified, with fallback.
-import { closeSync } from "node:fs";
+import { closeSync, readdirSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { createExclusive, removeIfPresent, writeAll } from "./fsx.ts";
-import { short, type Sha256 } from "./hash.ts";
+import { parseSha256, short, type Sha256 } from "./hash.ts";
 import { describe, fetchFailure, request, type HttpPolicy } from "./http.ts";
 import { errorText } from "./log.ts";
 
@@ -103,4 +104,31 @@ export function discard(download: Downloaded): void {
   if (download.fd >= 0) closeSync(download.fd);
   download.fd = -1;
   removeIfPresent(download.tempPath);
+}
+
+/** The download in progress of one version: beside the binary, named so a newer pass can find and remove it. */
+export function partialPath(binPath: string, sha: Sha256): string {
+  return join(dirname(binPath), `.${basename(binPath)}.${sha}.part`);
+}
+
+/** The version fileName is the download of, when it is exactly a partial file of binary name (never of `name.x`). */
+export function partialVersion(fileName: string, name: string): Sha256 | null {
+  const prefix = `.${name}.`;
+  if (!fileName.startsWith(prefix) || !fileName.endsWith(".part")) return null;
+  const hex = fileName.slice(prefix.length, -".part".length);
+  return parseSha256(hex) === hex ? (hex as Sha256) : null;
+}
+
+/**
+ * Removes every partial download of the binary at binPath and returns their versions. Only the
+ * holder of the binary's lock calls it, once the runs downloading other versions are ended: what
+ * is left is then a killed run's.
+ */
+export function removePartials(binPath: string): Sha256[] {
+  const removed: Sha256[] = [];
+  for (const file of readdirSync(dirname(binPath))) {
+    const version = partialVersion(file, basename(binPath));
+    if (version && removeIfPresent(join(dirname(binPath), file))) removed.push(version);
+  }
+  return removed;
 }

@@ -1,7 +1,7 @@
 // Owns the file primitives every writer shares: exclusive creation, the atomic replace, and leftover sweeping.
 import {
-  closeSync, constants, fchmodSync, fchownSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync, statSync,
-  unlinkSync, writeSync, type Stats,
+  closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync,
+  statSync, unlinkSync, writeSync, type Dirent, type Stats,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
 
@@ -57,6 +57,11 @@ export function replaceAtomically(fd: number, tempPath: string, dest: string, me
     fchownSync(fd, meta.uid, meta.gid);
     fchmodSync(fd, meta.mode);
     fsyncSync(fd);
+    // rename goes by name: a run whose temp file was removed and made again by another (it was ended,
+    // or the old script took its lock) must not install that other run's unfinished file.
+    const ours = fstatSync(fd);
+    const named = lstatSync(tempPath);
+    if (ours.ino !== named.ino || ours.dev !== named.dev) throw new Error(`${tempPath} is no longer the file this run wrote; not installing it`);
   } finally {
     closeSync(fd);
   }
@@ -119,6 +124,12 @@ export function pidAlive(pid: number): boolean {
   }
 }
 
+/** Whether name is a temp file (`.{file}.{pid}.tmp`, see tempPathFor) of a process that is gone. */
+function isOrphanTemp(name: string): boolean {
+  const pid = Number(/^\..+\.(\d+)\.tmp$/.exec(name)?.[1]);
+  return Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid);
+}
+
 /** Removes the temp files of dest left by processes that died mid-write (kill -9, power loss). */
 export function sweepOrphanTemps(dest: string): string[] {
   const prefix = `.${basename(dest)}.`;
@@ -130,10 +141,23 @@ export function sweepOrphanTemps(dest: string): string[] {
   }
   const removed: string[] = [];
   for (const name of names) {
-    if (!name.startsWith(prefix) || !name.endsWith(".tmp")) continue;
-    const pid = Number(name.slice(prefix.length, -".tmp".length));
-    if (!Number.isInteger(pid) || pid <= 0 || (pid !== process.pid && pidAlive(pid))) continue;
-    if (pid !== process.pid && removeIfPresent(join(dirname(dest), name))) removed.push(name);
+    if (!name.startsWith(prefix) || !/^\d+\.tmp$/.test(name.slice(prefix.length)) || !isOrphanTemp(name)) continue;
+    if (removeIfPresent(join(dirname(dest), name))) removed.push(name);
   }
   return removed;
+}
+
+/** The same for every temp file anywhere under dir, a directory only bin-proxy writes in (symlinks are not followed). */
+export function sweepOrphanTempsUnder(dir: string): string[] {
+  let entries: Dirent[];
+  try {
+    entries = readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return [];
+  }
+  return entries.flatMap((e) => {
+    const path = join(dir, e.name);
+    if (e.isDirectory()) return sweepOrphanTempsUnder(path).map((name) => join(e.name, name));
+    return isOrphanTemp(e.name) && removeIfPresent(path) ? [e.name] : [];
+  });
 }

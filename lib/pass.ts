@@ -2,13 +2,13 @@
 import { mkdirSync } from "node:fs";
 import { BinManagerClient } from "./api.ts";
 import type { Settings } from "./config.ts";
-import { sweepOrphanTemps } from "./fsx.ts";
+import { sweepOrphanTemps, sweepOrphanTempsUnder } from "./fsx.ts";
 import { HashCache, hashCachePath } from "./hash.ts";
-import { prepareLockDir } from "./lock.ts";
+import { prepareLockDir, sweepLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
 import { ManifestError, readManifest, updateManifest, type Manifest } from "./manifest.ts";
 import { gatherNodeInfo, sameNodeInfo } from "./nodeinfo.ts";
-import { preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
+import { binaryPath, preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
 import { VERSION } from "./version.ts";
 
 export const EXIT_OK = 0;
@@ -42,7 +42,6 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
       log.error("setup_failed", { error: errorText(err) });
       return EXIT_FAILED;
     }
-    sweepOrphanTemps(settings.manifest);
   }
   const cachePath = hashCachePath(settings.stateDir);
   const ctx: PassContext = {
@@ -78,10 +77,31 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
     }
   }
   if (!options.dryRun) {
-    sweepOrphanTemps(cachePath);
+    sweepLeftovers(settings, manifest, log);
     ctx.cache.save();
   }
   return manifest.rejected.length > 0 || outcomes.includes("failed") || log.errorCount > 0 ? EXIT_FAILED : EXIT_OK;
+}
+
+/**
+ * Removes what runs killed mid-way (kill -9, power loss) left behind: temp files of the manifest,
+ * the state directory and the binaries named by a pid that is gone, and locks whose recorded holder
+ * provably no longer exists. At the end of the pass, so that a lock this pass needed was taken over
+ * (and logged as such) by its update. Partial downloads are removed by the next holder of their
+ * binary's lock.
+ */
+function sweepLeftovers(settings: Settings, manifest: Manifest, log: Logger): void {
+  try {
+    const removed = [
+      ...sweepOrphanTemps(settings.manifest),
+      ...sweepOrphanTempsUnder(settings.stateDir),
+      ...manifest.entries.flatMap((e) => sweepOrphanTemps(binaryPath(settings, e.binaryName))),
+      ...sweepLockDir(settings.lockDir),
+    ];
+    if (removed.length > 0) log.info("leftovers_removed", { files: removed.join(",") });
+  } catch (err) {
+    log.warn("leftovers_not_removed", { error: errorText(err) });
+  }
 }
 
 /** Tells the API this node is alive; a failure here is logged and never stops the pass. */

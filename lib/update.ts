@@ -1,16 +1,16 @@
 // Owns one binary's update: the decision (pure), and the phases check, lock, download, install, restart, report.
 import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync } from "node:fs";
-import { basename, dirname, join } from "node:path";
+import { join } from "node:path";
 import type { BinManagerClient, ProgressStatus, Target } from "./api.ts";
 import type { Settings } from "./config.ts";
-import { discard, downloadVerified, type Downloaded } from "./download.ts";
+import { discard, downloadVerified, partialPath, removePartials, type Downloaded } from "./download.ts";
 import { removeIfPresent } from "./fsx.ts";
 import { short, type HashCache, type Sha256 } from "./hash.ts";
 import { activeHold, describeHold, holdAfterFailure, holdAfterRollback } from "./hold.ts";
 import { backupPath, installDownload, keepBackup, pruneBackups, restoreBackup, stageBackup } from "./install.ts";
 import { acquireVersionLock, versionLockAge, type VersionLock } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
-import { updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
+import { readManifest, updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
 import { runPhases, type Phase } from "./phases.ts";
 import { restartAndCheck } from "./service.ts";
 
@@ -59,11 +59,6 @@ export function planRestore(onDisk: Sha256 | null, target: Sha256): Plan {
 /** bin-proxy in its own manifest is the running executable; every other binary lives in BIN_DIR. */
 export function binaryPath(settings: Settings, name: string): string {
   return name === "bin-proxy" ? process.execPath : join(settings.binDir, name);
-}
-
-/** The download in progress of one version: beside the binary, named so a newer pass can find and remove it. */
-export function partialPath(binPath: string, sha: Sha256): string {
-  return join(dirname(binPath), `.${basename(binPath)}.${sha}.part`);
 }
 
 /** Hashes the binary on disk; a symlink is refused rather than followed (its target could be anywhere). */
@@ -136,23 +131,22 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
     ? { supervisorctl: settings.supervisorctl, program: entry.serviceName, port: entry.port, timeoutMs: settings.healthTimeoutMs }
     : null;
 
-  const check: Phase<Outcome> = {
-    name: "check",
-    async run() {
-      onDisk = currentHash(cache, binPath);
-      decision = source.kind === "backup" ? planRestore(onDisk, target.sha256) : plan(entry, onDisk, target.sha256, new Date());
-      if (decision.kind === "up-to-date") return "up-to-date";
-      if (decision.kind === "held") {
-        log.info("held", { bin: name, target: short(target.sha256), failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
-        return "held";
-      }
-      if (decision.kind === "adopt") {
-        recordManifest({ version: target.sha256 });
-        log.info("adopted", { bin: name, version: short(target.sha256) });
-        return "adopted";
-      }
-    },
+  // Decided by the check, and again under the lock: another run may have done the work in between.
+  const decide = (): Outcome | undefined => {
+    onDisk = currentHash(cache, binPath);
+    decision = source.kind === "backup" ? planRestore(onDisk, target.sha256) : plan(entry, onDisk, target.sha256, new Date());
+    if (decision.kind === "up-to-date") return "up-to-date";
+    if (decision.kind === "held") {
+      log.info("held", { bin: name, target: short(target.sha256), failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
+      return "held";
+    }
+    if (decision.kind === "adopt") {
+      recordManifest({ version: target.sha256 });
+      log.info("adopted", { bin: name, version: short(target.sha256) });
+      return "adopted";
+    }
   };
+  const check: Phase<Outcome> = { name: "check", run: async () => decide() };
 
   const lockPhase: Phase<Outcome> = {
     name: "lock",
@@ -164,10 +158,16 @@ export async function updateBinary(ctx: PassContext, entry: Entry, target: Targe
       }
       lock = result.lock;
       if (lock.tookOver) log.warn("lock_taken_over", { bin: name, target: short(target.sha256), reason: lock.tookOver });
-      for (const version of result.obsolete) {
-        removeIfPresent(partialPath(binPath, version));
-        log.info("obsolete_version_dropped", { bin: name, version: short(version) });
+      for (const { version, endedPid } of result.obsolete) {
+        log.info("obsolete_version_dropped", { bin: name, version: short(version), ended_pid: endedPid ?? undefined });
       }
+      // Every other downloader of this binary is ended now: any partial file left is a killed run's.
+      for (const version of removePartials(binPath)) log.info("partial_removed", { bin: name, version: short(version) });
+      // A run that finished (or failed) this very update between our check and our lock has changed
+      // the disk and the manifest: decide again from them, so nothing is downloaded twice and the
+      // backup is named after the binary really replaced.
+      entry = readManifest(settings.manifest).entries.find((e) => e.binaryName === name) ?? entry;
+      return decide();
     },
     // Before the lock is let go, the failed target is marked held, so no pass retries it at once. A
     // failed rollback leaves holds to the operator: the version it tried is not the API's target.

@@ -1,0 +1,167 @@
+// Shared by the concurrency and crash tests: gates a test holds (real flocks, a held-back download), fast polling, and the invariants raced or killed passes must leave.
+import { expect } from "bun:test";
+import { dlopen, FFIType } from "bun:ffi";
+import { closeSync, constants, existsSync, openSync, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { join } from "node:path";
+import type { Artifact, BinManager } from "../fixture/bin-manager.ts";
+import { spawnBinProxy, type Host } from "../fixture/host.ts";
+
+export const MANIFEST_LOCK = ".bin-proxy-manifest.lock";
+export const now = () => Math.floor(Date.now() / 1000);
+export const sha256 = (bytes: Uint8Array) => new Bun.CryptoHasher("sha256").update(bytes).digest("hex");
+
+const libc = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
+
+/** Takes the flock of fd (throwing when someone holds it); the returned function releases it, once. */
+function holdFlock(fd: number, what: string): () => void {
+  if (libc.symbols.flock(fd, 2 /* LOCK_EX */ | 4 /* LOCK_NB */) !== 0) {
+    closeSync(fd);
+    throw new Error(`${what} is locked by someone else`);
+  }
+  let held = true;
+  return () => {
+    if (held) closeSync(fd);
+    held = false;
+  };
+}
+
+/** Holds the lock directory's own flock, as a pass does while it takes, releases or sweeps a lock: passes wait at those points. */
+export function holdLockDir(host: Host): () => void {
+  return holdFlock(openSync(host.lockDir, constants.O_RDONLY | constants.O_DIRECTORY), host.lockDir);
+}
+
+/** Holds the manifest's flock: a pass waits (up to 10 s) before it can rewrite the manifest. */
+export function holdManifestLock(host: Host): () => void {
+  return holdFlock(openSync(join(host.lockDir, MANIFEST_LOCK), constants.O_CREAT | constants.O_RDWR, 0o600), MANIFEST_LOCK);
+}
+
+/**
+ * Serves name's download as bytes[0..at), then holds the rest back until open() is called: a pass
+ * is then mid-download for as long as the test wants, with exactly `at` bytes in its partial file.
+ */
+export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, at: number): { open(): void } {
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  bm.override("GET", `/api/v1/download/${name}`, () =>
+    new Response(
+      new ReadableStream<Uint8Array>({
+        async start(c) {
+          c.enqueue(bytes.slice(0, at));
+          await gate;
+          try {
+            c.enqueue(bytes.slice(at));
+            c.close();
+          } catch {
+            // the pass is gone (killed or ended) and its connection with it
+          }
+        },
+      }),
+      { headers: { "content-type": "application/octet-stream" } },
+    ));
+  return { open };
+}
+
+/**
+ * Polls cond until it holds. `fast` yields to the event loop between looks instead of sleeping, to
+ * catch states that last milliseconds (the fixture server shares this event loop, so it keeps serving).
+ */
+export async function until(cond: () => boolean, what: () => string, opts: { timeoutMs?: number; fast?: boolean } = {}): Promise<void> {
+  const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what()}`);
+    await (opts.fast ? new Promise((resolve) => setImmediate(resolve)) : Bun.sleep(20));
+  }
+}
+
+/** Whether process pid has path open, as /proc shows. */
+export function hasOpen(pid: number, path: string): boolean {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).some((fd) => {
+      try {
+        return readlinkSync(`/proc/${pid}/fd/${fd}`) === path;
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return false;
+  }
+}
+
+export interface Run {
+  pid: number;
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface Started {
+  pid: number;
+  done: Promise<Run>;
+  proc: ReturnType<typeof spawnBinProxy>;
+}
+
+/** Starts a pass without waiting; `done` resolves when it exits. */
+export function startPass(host: Host, api: string, extra: Record<string, string> = {}): Started {
+  const proc = spawnBinProxy([], host.env(api, extra));
+  const done = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]).then(([stdout, stderr, code]) => ({ pid: proc.pid, code, stdout, stderr }));
+  return { pid: proc.pid, done, proc };
+}
+
+/**
+ * SIGKILL of exactly that pass, not its children (kill -9 of the pass, as an operator or the OOM
+ * killer would). Through its Subprocess, which never signals a pid it has already reaped.
+ */
+export async function killPass(pass: Started): Promise<Run> {
+  pass.proc.kill("SIGKILL");
+  return pass.done;
+}
+
+/** Log lines of one event, as field maps (logfmt, values unquoted). */
+export function events(host: Host, event: string): Record<string, string>[] {
+  const text = existsSync(host.logFile) ? readFileSync(host.logFile, "utf8") : "";
+  return text
+    .split("\n")
+    .filter((line) => line.includes(` event=${event} `) || line.endsWith(` event=${event}`))
+    .map((line) => {
+      const fields: Record<string, string> = {};
+      for (const m of line.matchAll(/ ([A-Za-z_]+)=("(?:[^"\\]|\\.)*"|\S+)/g)) fields[m[1]!] = m[2]!.startsWith('"') ? (JSON.parse(m[2]!) as string) : m[2]!;
+      return fields;
+    });
+}
+
+/**
+ * What a killed pass must leave, whatever instant it died: the binary whole (byte-identical to one
+ * of the versions) and the manifest valid JSON naming one of them. Returns which versions they are.
+ */
+export function expectWhole(host: Host, name: string, versions: Artifact[]): { onDisk: string; recorded: string } {
+  const shas = versions.map((v) => v.sha256);
+  const onDisk = sha256(readFileSync(join(host.binDir, name)));
+  expect(shas).toContain(onDisk);
+  const doc = JSON.parse(readFileSync(host.manifest, "utf8")) as { binaries: { binaryName: string; version: string }[] };
+  const recorded = doc.binaries.find((b) => b.binaryName === name)!.version;
+  expect(shas).toContain(recorded);
+  return { onDisk, recorded };
+}
+
+/**
+ * After a pass that completed: the binary at `to`, recorded with `from` as its previous version,
+ * and nothing else left anywhere under the host root but the manifest and its lock, the backup of
+ * `from`, the hash cache, the config and the log: no partial, temp, lock or holder file.
+ */
+export function expectDone(host: Host, name: string, from: Artifact, to: Artifact): void {
+  expect(sha256(readFileSync(join(host.binDir, name)))).toBe(to.sha256);
+  const entry = host.readManifest().binaries.find((b) => b.binaryName === name)!;
+  expect({ version: entry.version, previousVersion: entry.previousVersion }).toEqual({ version: to.sha256, previousVersion: from.sha256 });
+  expect(host.listFiles()).toEqual(
+    [
+      `bin/${name}`,
+      "etc/bin-manifests.json",
+      "etc/config",
+      `lock/${MANIFEST_LOCK}`,
+      "log/bin-proxy.log",
+      `state/backups/${name}/${from.sha256}`,
+      "state/hash-cache.json",
+    ].sort(),
+  );
+}
