@@ -103,7 +103,7 @@ interface World {
 
 const VICTIM = "a file bin-proxy must never touch\n";
 
-function world(opts: { server?: BinManager; appSize?: number; nextSize?: number; prepare?: (host: Host) => void } = {}): World {
+function world(opts: { server?: BinManager; appSize?: number } = {}): World {
   const server = opts.server ?? bm;
   const host = makeHost();
   const n = ++seq;
@@ -113,10 +113,9 @@ function world(opts: { server?: BinManager; appSize?: number; nextSize?: number;
   const outside = join(host.root, "outside");
   const victim = join(outside, "victim");
   writeFileSync(victim, VICTIM);
-  opts.prepare?.(host);
   const old = new Map<string, Uint8Array>();
   const target = new Map<string, Artifact>();
-  for (const [name, size] of [[app, opts.appSize ?? 0], [next, opts.nextSize ?? 0]] as const) {
+  for (const [name, size] of [[app, opts.appSize ?? 0], [next, 0]] as const) {
     old.set(name, binary(`${name} v1`));
     host.writeBinary(name, old.get(name)!);
     target.set(name, artifact(binary(`${name} v2`, size)));
@@ -146,6 +145,14 @@ interface Run {
   code: number;
   stdout: string;
   stderr: string;
+}
+
+/** What a case's setup may change about the run. */
+interface RunOptions {
+  env?: Record<string, string>;
+  /** argv run in front of bin-proxy (prlimit, a shell that plants files first). */
+  prefix?: string[];
+  cwd?: string;
 }
 
 async function pass(w: World, opts: RunOptions = {}): Promise<Run> {
@@ -213,17 +220,10 @@ function expectInvariants(w: World, run: Run, want: Expectation): void {
   }
 }
 
-/** What a case's setup may change about the run. */
-interface RunOptions {
-  env?: Record<string, string>;
-  /** argv run in front of bin-proxy (prlimit, a shell that plants files first). */
-  prefix?: string[];
-  cwd?: string;
-}
-
 /**
- * Runs one case on a fresh world and checks the invariants; returns the world for case-specific
- * checks of the servers (opts.check sees the host before it is removed). What setup creates (planted symlinks, a .env) is part of the world before the pass.
+ * Runs one case on a fresh world and checks the invariants. What setup creates (planted symlinks,
+ * a .env) is part of the world the pass finds. opts.check runs the case's own checks while the
+ * host still exists; the returned world serves checks of the servers' records.
  */
 async function faultCase(
   setup: (w: World) => void | RunOptions | Promise<void | RunOptions>,
@@ -234,7 +234,7 @@ async function faultCase(
   try {
     const extra = (await setup(w)) ?? {};
     for (const file of w.host.listFiles()) w.before.add(file);
-    const text = existsSync(w.host.manifest) ? readFileSync(w.host.manifest, "utf8") : "";
+    const text = readFileSync(w.host.manifest, "utf8");
     w.manifestBefore = { text, valid: isJson(text) };
     const run = await pass(w, { ...extra, env: { ...opts.env, ...extra.env } });
     expectInvariants(w, run, want);
@@ -368,6 +368,17 @@ describe("a hostile or broken download", () => {
     );
     expect(w.server.count("GET", primaryPath(w.app))).toBe(6);
     expect(w.server.count("GET", fallbackPath(w.app))).toBe(6);
+
+    // Five hops are still followed.
+    await faultCase(
+      (w) =>
+        w.server.override("GET", primaryPath(w.app), (_req, rec) => {
+          const hop = Number(rec.query["hop"] ?? 0);
+          return hop < 5 ? Response.redirect(`${w.server.origin}${primaryPath(w.app)}?hop=${hop + 1}`, 302) : new Response(w.target.get(w.app)!.bytes);
+        }),
+      { code: 0, app: "updated", next: "updated", cause: null },
+      { check: (w) => expect(w.server.count("GET", primaryPath(w.app))).toBe(6) },
+    );
   });
 
   test("content that does not match the API's sha256 (a malicious mirror) is never installed", async () => {
@@ -379,7 +390,14 @@ describe("a hostile or broken download", () => {
     await faultCase(
       (w) => w.server.setPrimary(w.app, new TextEncoder().encode("#!/bin/sh\necho owned\n")),
       { code: 0, app: "updated", next: "updated", cause: null },
-      { check: (w) => expect(w.host.log()).toMatch(/level=warn bin=app\d+ event=download_attempt_failed .*content does not match/) },
+      {
+        check: (w) => {
+          expect(w.host.log()).toMatch(/level=warn bin=app\d+ event=download_attempt_failed .*content does not match/);
+          // The fallback is on the API's origin: it gets the token too.
+          const fallback = w.server.requests.filter((r) => r.path === fallbackPath(w.app));
+          expect(fallback.map((r) => r.headers["authorization"])).toEqual([`Bearer ${TOKEN}`]);
+        },
+      },
     );
   });
 });
