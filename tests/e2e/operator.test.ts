@@ -13,9 +13,13 @@ import { startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 const API = "/api/v1";
 const short = (sha: string) => sha.slice(0, 12);
 
-/** A service that listens on port and answers every connection with its tag, so a test can tell which version runs. */
+/**
+ * A service that listens on port and answers every connection with its tag, so a test can tell which
+ * version runs. A client that hangs up first (the health check does) must not crash it.
+ */
 function taggedService(port: number, tag: string): string {
-  return `#!/bin/sh\n# test service ${tag}\nexec node -e 'require("node:net").createServer((s) => s.end("${tag}")).listen(${port}, "127.0.0.1")'\n`;
+  const js = `require("node:net").createServer((s) => { s.on("error", () => {}); s.end("${tag}"); }).listen(${port}, "127.0.0.1")`;
+  return `#!/bin/sh\n# test service ${tag}\nexec node -e '${js}'\n`;
 }
 
 /** What the service on port answers. */
