@@ -1,7 +1,7 @@
 // Owns downloading: streaming a binary into an exclusive temp file while hashing it, verified, with fallback.
 import { closeSync, readdirSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { createExclusive, removeIfPresent, writeAll } from "./fsx.ts";
+import { createExclusive, removeIfPresent, startWriteback, writeAll } from "./fsx.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
 import { describe, fetchFailure, request, type HttpPolicy } from "./http.ts";
 import { errorText } from "./log.ts";
@@ -28,6 +28,9 @@ export interface Downloaded {
   bytes: number;
   url: string;
 }
+
+/** Written data is handed to the disk in windows of this size as it arrives (see startWriteback). */
+const WRITEBACK_WINDOW = 16 << 20;
 
 export class DownloadError extends Error {}
 
@@ -69,6 +72,7 @@ async function downloadOnce(url: string, req: DownloadRequest): Promise<Download
     if (!res.body) throw new DownloadError("empty response");
     const hasher = new Bun.CryptoHasher("sha256");
     let bytes = 0;
+    let handedToDisk = 0;
     const reader = res.body.getReader();
     try {
       for (;;) {
@@ -81,6 +85,10 @@ async function downloadOnce(url: string, req: DownloadRequest): Promise<Download
         if (bytes > req.maxBytes) throw new DownloadError(`more than MAX_DOWNLOAD_BYTES (${req.maxBytes}) bytes`);
         hasher.update(value);
         writeAll(fd, value);
+        if (bytes - handedToDisk >= WRITEBACK_WINDOW) {
+          startWriteback(fd, handedToDisk, bytes - handedToDisk);
+          handedToDisk = bytes;
+        }
       }
     } catch (err) {
       await reader.cancel().catch(() => {});
