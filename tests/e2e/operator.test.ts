@@ -7,7 +7,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
-import { freePort, makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
+import { freePort, makeHost, runBinProxy, serviceScript, spawnBinProxy, type Host } from "../fixture/host.ts";
 import { startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 
 const API = "/api/v1";
@@ -76,10 +76,18 @@ let v1: Artifact;
 let v2: Artifact;
 let v3: Artifact;
 
+// A service slow to start (startsecs=3), so a pass can run while a rollback restarts it.
+let slowHost: Host;
+let slowPath: string;
+const slow1 = artifact(serviceScript({ tag: "slow-v1" }));
+const slow2 = artifact(serviceScript({ tag: "slow-v2" }));
+
 beforeAll(async () => {
   bm = await startBinManager();
   statusHost = newHost();
   appHost = newHost();
+  slowHost = newHost();
+  slowPath = slowHost.writeBinary("slow", slow1.bytes);
   webPort = await freePort();
   appPort = await freePort();
   web = artifact(taggedService(webPort, "web-v1"));
@@ -94,6 +102,7 @@ beforeAll(async () => {
     { name: "web", command: webPath },
     { name: "down", command: downPath },
     { name: "app", command: appPath },
+    { name: "slow", command: slowPath, startsecs: 3 },
   ]);
 });
 
@@ -368,6 +377,23 @@ describe("rollback and retry", () => {
     await refused(["rollback", "app.bak"], "app.bak is not managed");
   });
 
+  test("rollback and retry with an invalid manifest: exit 2, said why, the file left as it is", async () => {
+    const manifest = readFileSync(appHost.manifest, "utf8");
+    try {
+      writeFileSync(appHost.manifest, manifest.replace('"binaries"', '"binaries": 7, "x"'));
+      const before = snapshot(appHost, [LOG]);
+      for (const command of ["rollback", "retry"]) {
+        const r = await run(appHost, [command, "app"]);
+        expect(r.code).toBe(2);
+        expect(r.stderr).toContain(`event=manifest_invalid manifest=${appHost.manifest}`);
+      }
+      expect(snapshot(appHost, [LOG])).toEqual(before);
+      expect(bm.requests).toEqual([]);
+    } finally {
+      writeFileSync(appHost.manifest, manifest);
+    }
+  });
+
   test("rollback without a backup of previousVersion, or without a previousVersion: exit 1, nothing touched", async () => {
     const backup = join(appHost.stateDir, "backups", "app", v1.sha256);
     const aside = join(appHost.root, "backup-aside");
@@ -439,4 +465,34 @@ describe("rollback and retry", () => {
     expect(bodies(`${API}/bins/app/progress`).map((b) => (b as { status: string }).status)).toEqual(["in_progress", "failed"]);
     expect(bodies(`${API}/bins/app`)).toEqual([]);
   });
+});
+
+test("a pass that starts while a rollback restarts the service leaves it alone: the version left was held before the swap", async () => {
+  const env = slowHost.env(bm.api, { SUPERVISORCTL: sup.ctl });
+  slowHost.writeManifest([{ serviceName: "slow", binaryName: "slow", version: slow1.sha256, previousVersion: "", port: 0 }]);
+  bm.setTarget("slow", slow2);
+  expect((await runBinProxy([], env)).code).toBe(0);
+  expect(readFileSync(slowPath)).toEqual(Buffer.from(slow2.bytes));
+
+  const rollback = spawnBinProxy(["rollback", "slow"], env);
+  const rollbackOut = Promise.all([new Response(rollback.stdout).text(), new Response(rollback.stderr).text(), rollback.exited]);
+  const deadline = Date.now() + 30_000;
+  // Once the old binary is back on disk, the rollback restarts the service, which takes 3 s.
+  while (!readFileSync(slowPath).equals(Buffer.from(slow1.bytes))) {
+    if (Date.now() > deadline) throw new Error(`the rollback did not swap: ${(await rollbackOut).join("\n")}`);
+    await Bun.sleep(20);
+  }
+  bm.clearRequests();
+  const pass = await runBinProxy([], env);
+  // The rollback was still at work (its lock still there) when the pass ended: they overlapped.
+  expect(existsSync(join(slowHost.lockDir, `slow-${slow1.sha256}.lock`))).toBe(true);
+  expect(pass).toEqual({ code: 0, stdout: "", stderr: "" });
+  expect(bm.count("GET", `${API}/download/slow`)).toBe(0);
+
+  const [stdout, stderr, code] = await rollbackOut;
+  expect({ code, stdout }).toEqual({ code: 0, stdout: `slow: rolled back to ${short(slow1.sha256)}; the version it left is held until the API names another (bin-proxy retry slow lifts the hold)\n` });
+  expect(stderr).toContain("event=reverted");
+  expect(readFileSync(slowPath)).toEqual(Buffer.from(slow1.bytes));
+  expect(await sup.status("slow")).toBe("RUNNING");
+  expect(slowHost.readManifest().binaries[0]).toMatchObject({ version: slow1.sha256, previousVersion: slow2.sha256, hold: { version: slow2.sha256, failures: 0, until: null } });
 });
