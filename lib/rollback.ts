@@ -8,7 +8,7 @@ import { prepareLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
 import { ManifestError, readManifest, updateManifest, type Entry, type Manifest } from "./manifest.ts";
 import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./pass.ts";
-import { updateBinary } from "./update.ts";
+import { updateBinary, type PassContext } from "./update.ts";
 
 export interface OperatorOptions {
   /** Tells the operator what was done (stdout). */
@@ -71,7 +71,7 @@ export async function rollback(settings: Settings, log: Logger, name: string, op
     return EXIT_FAILED;
   }
   const cache = HashCache.load(hashCachePath(settings.stateDir));
-  const ctx = { settings, api: new BinManagerClient(settings, false), log, cache };
+  const ctx: PassContext = { settings, api: new BinManagerClient(settings, false), log, cache };
   // The API has no release name for a version it no longer targets: report the short hash as its name.
   const outcome = await updateBinary(ctx, entry, { sha256: to, version: short(to) }, { kind: "backup" });
   cache.save();
