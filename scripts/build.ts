@@ -27,8 +27,10 @@ export const SAFE_FLAGS = [
  * The optional flags, chosen by measurement (README, "Building"). Every build uses them, so the
  * tests run what ships. --bytecode halves a pass's start-up (the pass runs every minute);
  * --format=esm keeps the module semantics of the source, which --bytecode alone turns into CommonJS.
+ * --smol (Bun's runtime flag, stamped in) collects garbage sooner: a large download's peak memory
+ * then stays flat whatever the file's size (npm run bench: 1 GiB vs 64 MiB), for ~3 ms more CPU a pass.
  */
-export const RELEASE_FLAGS = ["--minify", "--bytecode", "--format=esm"];
+export const RELEASE_FLAGS = ["--minify", "--bytecode", "--format=esm", "--compile-exec-argv=--smol"];
 
 /** What a release ships: the file name install.sh picks by `uname -m`, Bun's target, and the npm package of that runtime. */
 export const RELEASE_ASSETS = [
