@@ -13,17 +13,14 @@ const TIME = "/usr/bin/time";
 const MiB = 1 << 20;
 const SMOL = "--compile-exec-argv=--smol";
 
-// ---- command line -----------------------------------------------------------------------------
-
+/** Runs of each sub-second figure, and of each figure that reads a GiB or more (at most 3). */
 function parseRuns(argv: string[]): { runs: number; bigRuns: number } {
   const i = argv.indexOf("--runs");
-  if (i < 0) return { runs: 5, bigRuns: 3 };
+  if (i < 0) return { runs: 10, bigRuns: 3 };
   const n = Number(argv[i + 1]);
   if (!Number.isInteger(n) || n < 1) throw new Error("usage: bun scripts/bench.ts [--runs N]");
   return { runs: n, bigRuns: Math.min(n, 3) };
 }
-
-// ---- measuring a whole process ----------------------------------------------------------------
 
 /** One process, /usr/bin/time-style: wall and CPU in ms, peak RSS in KiB. */
 interface Sample {
@@ -107,8 +104,6 @@ async function rounds(figures: Figure[]): Promise<Map<string, Result>> {
 
 const progress = (line: string) => process.stderr.write(`  ${line}\n`);
 
-// ---- data -------------------------------------------------------------------------------------
-
 /** Writes `size` random bytes to path and returns their SHA-256; constant memory whatever the size. */
 function randomFile(path: string, size: number): string {
   const hasher = new Bun.CryptoHasher("sha256");
@@ -133,8 +128,6 @@ async function flushDisk(): Promise<void> {
   // Dirty pages of an earlier run must not be written back during the next measured one.
   if ((await Bun.spawn(["sync"]).exited) !== 0) throw new Error("sync failed");
 }
-
-// ---- the benchmark ----------------------------------------------------------------------------
 
 const { runs, bigRuns } = parseRuns(process.argv.slice(2));
 for (const tool of [TIME, "curl", "sha256sum", "sync"]) {
@@ -176,7 +169,6 @@ try {
   api = await startBinManager();
   const bm = api;
 
-  // ---- no-op pass: 20 binaries, all up to date ----
   const noopHost = (size: number, label: string) => {
     const host = makeHost();
     hosts.push(host);
@@ -211,16 +203,15 @@ try {
   const largeFiles = Array.from({ length: 20 }, (_, i) => join(large.binDir, `large-${String(i).padStart(2, "0")}`));
   await flushDisk();
 
-  progress(`no-op pass (${runs} runs each)`);
+  progress(`no-op pass (${runs} runs each, ${bigRuns} of sha256sum)`);
   const noop = await rounds([
     { name: "no-op pass, 20 x 1 MiB", runs, run: pass(small) },
     { name: "no-op pass, 20 x 64 MiB", runs, run: pass(large) },
-    { name: "sha256sum over the same 20 x 64 MiB", runs, run: () => measure(["sha256sum", ...largeFiles]) },
+    { name: "sha256sum over the same 20 x 64 MiB", runs: bigRuns, run: () => measure(["sha256sum", ...largeFiles]) },
     { name: "bin-proxy --version", runs, run: () => measure([releaseExe, "--version"]) },
   ]);
   const noopRequests = [...requestCounts];
 
-  // ---- large update: one binary from a loopback server ----
   const bigHost = makeHost();
   hosts.push(bigHost);
   const data = join(scratch, "data");
@@ -283,20 +274,19 @@ try {
   progress("warm-up update");
   await resetTo(big)();
   await update(big)();
-  progress(`large update (${bigRuns} runs each)`);
+  progress(`large update (${bigRuns} runs of each 1 GiB figure, ${runs} of each 64 MiB one)`);
   const updates = await rounds([
     { name: "update pass, 1 GiB", runs: bigRuns, setup: resetTo(big), run: update(big) },
-    { name: "update pass, 64 MiB", runs: bigRuns, setup: resetTo(mid), run: update(mid) },
+    { name: "update pass, 64 MiB", runs, setup: resetTo(mid), run: update(mid) },
     // The same two updates by the release's twin with --smol toggled: what that flag does to memory and time.
     { name: `update pass, 1 GiB, ${twinLabel}`, runs: bigRuns, setup: resetTo(big), run: update(big, twinExe) },
-    { name: `update pass, 64 MiB, ${twinLabel}`, runs: bigRuns, setup: resetTo(mid), run: update(mid, twinExe) },
+    { name: `update pass, 64 MiB, ${twinLabel}`, runs, setup: resetTo(mid), run: update(mid, twinExe) },
     { name: "Bun.CryptoHasher over the same 1 GiB", runs: bigRuns, setup: flushDisk, run: () => measure([process.execPath, hashAlone, big.file], { cwd: scratch }) },
     { name: "curl -o FILE URL && sha256sum FILE, 1 GiB", runs: bigRuns, setup: resetTo(big), run: () => measure(["sh", "-c", curlScript, "sh", curlOut, url(big)]) },
     // Not a target: the loopback transfer alone, the floor under any download on this machine.
     { name: "curl -o /dev/null URL, 1 GiB", runs: bigRuns, run: () => measure(["curl", "-sS", "-o", "/dev/null", url(big)]) },
   ]);
 
-  // ---- start-up of every build option ----
   progress(`start-up of each build option (${runs} runs each)`);
   const startupFigures: Figure[] = [];
   for (const v of variants) {
@@ -306,7 +296,6 @@ try {
   }
   const startup = await rounds(startupFigures);
 
-  // ---- report ----
   const m = (group: Map<string, Result>, name: string) => group.get(name)!.median;
   const noop64 = m(noop, "no-op pass, 20 x 64 MiB");
   const bigUpdate = m(updates, "update pass, 1 GiB");
