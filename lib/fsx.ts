@@ -144,19 +144,21 @@ function isOrphanTemp(name: string): boolean {
   return Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid);
 }
 
-/** Removes the temp files of dest left by processes that died mid-write (kill -9, power loss). */
-export function sweepOrphanTemps(dest: string): string[] {
-  const prefix = `.${basename(dest)}.`;
-  let names: string[];
-  try {
-    names = readdirSync(dirname(dest));
-  } catch {
-    return [];
-  }
+/** Removes the temp files of each dest left by processes that died mid-write (kill -9, power loss); one read per directory. */
+export function sweepOrphanTemps(...dests: string[]): string[] {
   const removed: string[] = [];
-  for (const name of names) {
-    if (!name.startsWith(prefix) || !/^\d+\.tmp$/.test(name.slice(prefix.length)) || !isOrphanTemp(name)) continue;
-    if (removeIfPresent(join(dirname(dest), name))) removed.push(name);
+  for (const dir of new Set(dests.map((dest) => dirname(dest)))) {
+    const prefixes = dests.filter((dest) => dirname(dest) === dir).map((dest) => `.${basename(dest)}.`);
+    let names: string[];
+    try {
+      names = readdirSync(dir);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      const ofDest = prefixes.some((prefix) => name.startsWith(prefix) && /^\d+\.tmp$/.test(name.slice(prefix.length)));
+      if (ofDest && isOrphanTemp(name) && removeIfPresent(join(dir, name))) removed.push(name);
+    }
   }
   return removed;
 }

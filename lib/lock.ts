@@ -436,7 +436,13 @@ function sameFile(fd: number, path: string): boolean {
   }
 }
 
-/** SIGTERM, then SIGKILL after the grace period; each signal only while pid is still the same process. */
+/**
+ * SIGTERM, then SIGKILL after the grace period; each signal only while pid is still the same
+ * process. A pass does not catch SIGTERM: it dies at once, leaving exactly what kill -9 leaves,
+ * which the run ending it (partial file, lock) and the next pass (the rest) clean up. A handler
+ * could not run while the pass is in a synchronous step anyway, and would be a second, rarely
+ * exercised recovery path beside the one every kill takes.
+ */
 async function terminate(holder: HolderLine, graceMs: number): Promise<void> {
   const signal = (sig: NodeJS.Signals) => {
     try {

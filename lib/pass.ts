@@ -93,9 +93,8 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
 function sweepLeftovers(settings: Settings, manifest: Manifest, log: Logger): void {
   try {
     const removed = [
-      ...sweepOrphanTemps(settings.manifest),
+      ...sweepOrphanTemps(settings.manifest, ...manifest.entries.map((e) => binaryPath(settings, e.binaryName))),
       ...sweepOrphanTempsUnder(settings.stateDir),
-      ...manifest.entries.flatMap((e) => sweepOrphanTemps(binaryPath(settings, e.binaryName))),
       ...sweepLockDir(settings.lockDir),
     ];
     if (removed.length > 0) log.info("leftovers_removed", { files: removed.join(",") });

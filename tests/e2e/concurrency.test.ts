@@ -1,6 +1,6 @@
 // Concurrency: passes at once make one download; a lock is taken over only when stale or provably abandoned; obsolete downloads are ended, and nothing else is ever signalled.
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatHolderRecord, judgeLock, parseHolderRecord, processStart, type HolderState } from "../../lib/lock.ts";
 import { partialVersion } from "../../lib/download.ts";
@@ -8,7 +8,7 @@ import { artifact, startBinManager, type Artifact, type BinManager } from "../fi
 import { BIN_PROXY, makeHost, serviceScript, type Host } from "../fixture/host.ts";
 import { processAlive } from "../fixture/supervisor.ts";
 import {
-  events, expectDone, gatedDownload, hasOpen, holdLockDir, killPass, now, sha256, startPass, until, type Run,
+  events, expectDone, gatedDownload, hasOpen, holdFileLock, holdLockDir, killPass, now, sha256, startPass, until, type Run,
 } from "./invariants.ts";
 
 const API = "/api/v1";
@@ -232,6 +232,57 @@ describe("the old script side by side", () => {
     expect(downloads(s.name)[0]!.at).toBeGreaterThanOrEqual((taken + 3) * 1000);
     expect(events(s.host, "lock_taken_over").map((e) => e.reason)).toEqual([expect.stringMatching(/^stale: \d+s old$/)]);
     expectDone(s.host, s.name, s.v1, s.v2);
+  }, 60_000);
+
+  test("a dead holder's record stops vouching once the old script rewrote the lock, and proves nothing while the flock is held", async () => {
+    const s = scenario("rewritten");
+    const gate = gatedDownload(bm, s.name, s.v2.bytes, 1000);
+    const killed = startPass(s.host, bm.api);
+    await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === 1000, () => `a partial download\n${s.host.log()}`);
+    expect((await killPass(killed)).code).toBe(137);
+    gate.open();
+    bm.override("GET", `${API}/download/${s.name}`, null);
+    const recorded = Number(readFileSync(s.record, "utf8").split(" ")[3]);
+
+    // Someone (not bin-proxy) holds the lock's flock: the dead holder's record proves nothing.
+    const release = holdFileLock(s.lock);
+    try {
+      expectAllClean([await startPass(s.host, bm.api).done]);
+    } finally {
+      release();
+    }
+    // The old script rewrote the lock in place (same inode, its own time): the record vouches for the old content only.
+    writeFileSync(s.lock, `${recorded + 1}\n`);
+    expectAllClean([await startPass(s.host, bm.api).done]);
+    expect(events(s.host, "busy").map((e) => e.holder)).toEqual(Array(2).fill(`pid ${killed.pid} (no longer running)`));
+    expect(downloads(s.name)).toHaveLength(1); // the killed pass's
+    expect(binary(s)).toBe(s.v1.sha256);
+  }, 60_000);
+
+  test("the old script removing a running pass's lock: another pass may start that version too, but none installs the other's unfinished file", async () => {
+    const s = scenario("oldremoves");
+    const size = s.v2.bytes.length;
+    const gate = gatedDownload(bm, s.name, s.v2.bytes, size - 100, size >> 1);
+    const first = startPass(s.host, bm.api);
+    try {
+      await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === size - 100, () => `the first download\n${s.host.log()}`);
+      rmSync(s.lock); // what the old script does to a lock it judges in its way; it knows nothing of holder records
+      const second = startPass(s.host, bm.api);
+      await until(() => hasOpen(second.pid, s.partial) && statSync(s.partial).size === size >> 1, () => `the second download\n${s.host.log()}`);
+      gate.open(0);
+      // The first run's partial file is now the second run's, half written: it must not be renamed over the binary.
+      const firstRun = await first.done;
+      expect(firstRun.code).toBe(1);
+      expect(events(s.host, "update_failed").map((e) => e.error)).toContainEqual(expect.stringContaining("is no longer the file this run wrote; not installing it"));
+      expect(binary(s)).toBe(s.v1.sha256);
+      gate.open(1);
+      await second.done;
+      expect([s.v1.sha256, s.v2.sha256]).toContain(binary(s));
+      expect(JSON.parse(readFileSync(s.host.manifest, "utf8")).binaries[0].version).toBeOneOf([s.v1.sha256, s.v2.sha256]);
+    } finally {
+      gate.open();
+      bm.override("GET", `${API}/download/${s.name}`, null);
+    }
   }, 60_000);
 });
 

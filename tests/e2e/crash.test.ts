@@ -1,14 +1,14 @@
 // Crash safety: kill -9 at each step of an update in turn, and at random instants, leaves the binary whole and the manifest valid; the next pass cleans up and finishes.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 import { processAlive, startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 import {
-  events, expectDone, expectWhole, gatedDownload, hasOpen, holdLockDir, holdManifestLock, killPass, MANIFEST_LOCK, startPass, until,
-  type Run,
+  events, expectDone, expectWhole, gatedDownload, hasOpen, holdFileLock, holdLockDir, holdManifestLock, killPass, MANIFEST_LOCK, now,
+  startPass, until, type Run,
 } from "./invariants.ts";
 
 const API = "/api/v1";
@@ -313,7 +313,7 @@ describe("kill -9 at each step of an update in turn, then a pass that completes"
 
 describe("kill -9 at random instants", () => {
   test(`${LOOPS} times: the binary whole, the manifest valid, and the next pass finishes leaving nothing behind`, async () => {
-    bm.throttle(1024 * 1024); // the download is a fair share of the pass
+    bm.throttle(384 * 1024); // the download is a fair share of the pass
     try {
       // How long an undisturbed pass takes here, so kill instants spread over all of it.
       await reset(loop);
@@ -348,4 +348,67 @@ describe("kill -9 at random instants", () => {
       bm.throttle(null);
     }
   }, Math.max(120_000, LOOPS * 15_000));
+});
+
+describe("leftovers", () => {
+  test("what killed runs leave is swept by the next pass; what live processes or the old script own is kept", async () => {
+    const host = makeHost();
+    try {
+      const v1 = artifact(serviceScript({ tag: "leftover-v1" }));
+      const other = artifact("a version killed after it was recorded");
+      host.writeBinary("app", v1.bytes);
+      host.writeManifest([{ serviceName: "", binaryName: "app", version: v1.sha256, previousVersion: "", port: 0 }]);
+      bm.setTarget("app", v1);
+      const gone = Bun.spawn(["true"]);
+      await gone.exited;
+      const dead = gone.pid;
+      const live = Bun.spawn(["sleep", "100000"], { stdin: "ignore", stdout: "ignore", stderr: "ignore" });
+      try {
+        const backups = join(host.stateDir, "backups", "app");
+        mkdirSync(backups, { recursive: true });
+        const lockOf = (tag: string) => `app-${artifact(tag).sha256}.lock`;
+        const [deadLock, oldScriptLock, heldLock, recordOnly] = [lockOf("dead"), lockOf("old script"), lockOf("held"), lockOf("record only")];
+        const plant = (dir: string, file: string, content = "") => writeFileSync(join(dir, file), content);
+        const time = now() - 5;
+        for (const lock of [deadLock, oldScriptLock, heldLock]) plant(host.lockDir, lock, `${time}\n`);
+        for (const lock of [deadLock, heldLock]) plant(host.lockDir, `.${lock}.holder`, `${dead} 1 ${statSync(join(host.lockDir, lock)).ino} ${time}\n`);
+        plant(host.lockDir, `.${recordOnly}.holder`, `${dead} 1 12345 ${time}\n`);
+        const swept = [
+          ["etc", `.bin-manifests.json.${dead}.tmp`],
+          ["bin", `.app.${dead}.tmp`],
+          ["state", `.hash-cache.json.${dead}.tmp`],
+          [`state/backups/app`, `.${other.sha256}.${dead}.tmp`],
+          ["lock", `.${deadLock}.${dead}.tmp`],
+          ["lock", `..${deadLock}.holder.${live.pid}.tmp`], // only ever there while its writer holds the lock directory
+          ["lock", deadLock],
+          ["lock", `.${deadLock}.holder`],
+          ["lock", `.${recordOnly}.holder`],
+        ];
+        const kept = [
+          ["etc", `.bin-manifests.json.${live.pid}.tmp`],
+          ["bin", `.app.${live.pid}.tmp`],
+          ["bin", `.other.${dead}.tmp`], // not a managed binary's: BIN_DIR is shared with other software
+          [`state/backups/app`, `.${other.sha256}.${live.pid}.tmp`],
+          ["lock", oldScriptLock],
+          ["lock", heldLock],
+          ["lock", `.${heldLock}.holder`],
+        ];
+        for (const [dir, file] of [...swept, ...kept]) if (!existsSync(join(host.root, dir!, file!))) plant(join(host.root, dir!), file!);
+        const release = holdFileLock(join(host.lockDir, heldLock));
+        try {
+          expect(await runBinProxy([], host.env(bm.api))).toEqual({ code: 0, stdout: "", stderr: "" });
+        } finally {
+          release();
+        }
+        for (const [dir, file] of swept) expect(`${dir}/${file} ${existsSync(join(host.root, dir!, file!)) ? "left" : "removed"}`).toBe(`${dir}/${file} removed`);
+        for (const [dir, file] of kept) expect(`${dir}/${file} ${existsSync(join(host.root, dir!, file!)) ? "kept" : "removed"}`).toBe(`${dir}/${file} kept`);
+        expect(events(host, "leftovers_removed")).toHaveLength(1);
+        expect(readFileSync(join(host.binDir, "app"))).toEqual(Buffer.from(v1.bytes));
+      } finally {
+        live.kill("SIGKILL");
+      }
+    } finally {
+      host.cleanup();
+    }
+  });
 });

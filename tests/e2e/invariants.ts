@@ -30,24 +30,33 @@ export function holdLockDir(host: Host): () => void {
   return holdFlock(openSync(host.lockDir, constants.O_RDONLY | constants.O_DIRECTORY), host.lockDir);
 }
 
+/** Holds the flock of an existing file, as a live process holding a lock does. */
+export function holdFileLock(path: string): () => void {
+  return holdFlock(openSync(path, constants.O_RDONLY), path);
+}
+
 /** Holds the manifest's flock: a pass waits (up to 10 s) before it can rewrite the manifest. */
 export function holdManifestLock(host: Host): () => void {
   return holdFlock(openSync(join(host.lockDir, MANIFEST_LOCK), constants.O_CREAT | constants.O_RDWR, 0o600), MANIFEST_LOCK);
 }
 
 /**
- * Serves name's download as bytes[0..at), then holds the rest back until open() is called: a pass
- * is then mid-download for as long as the test wants, with exactly `at` bytes in its partial file.
+ * Serves name's downloads held back: the n-th request gets bytes[0..cuts[n]), then the rest once
+ * open(n) is called (open() lifts every gate); requests past the cuts are served whole. A pass is
+ * then mid-download for as long as the test wants, with exactly cuts[n] bytes in its partial file.
  */
-export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, at: number): { open(): void } {
-  let open!: () => void;
-  const gate = new Promise<void>((resolve) => (open = resolve));
-  bm.override("GET", `/api/v1/download/${name}`, () =>
-    new Response(
+export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, ...cuts: number[]): { open(n?: number): void } {
+  const opens: (() => void)[] = [];
+  const gates = cuts.map(() => new Promise<void>((resolve) => opens.push(resolve)));
+  let requests = 0;
+  bm.override("GET", `/api/v1/download/${name}`, () => {
+    const n = requests++;
+    const at = cuts[n] ?? bytes.length;
+    return new Response(
       new ReadableStream<Uint8Array>({
         async start(c) {
           c.enqueue(bytes.slice(0, at));
-          await gate;
+          await gates[n];
           try {
             c.enqueue(bytes.slice(at));
             c.close();
@@ -57,8 +66,9 @@ export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, a
         },
       }),
       { headers: { "content-type": "application/octet-stream" } },
-    ));
-  return { open };
+    );
+  });
+  return { open: (n?: number) => (n === undefined ? opens : [opens[n]!]).forEach((open) => open()) };
 }
 
 /**
