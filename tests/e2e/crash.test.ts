@@ -198,10 +198,18 @@ const cases: KillCase[] = [
     },
   },
   {
-    name: "while the backup is made (between backup and rename, as near as polling gets)",
-    at: (w) => until(() => existsSync(w.backups) && readdirSync(w.backups).length > 0, () => "the backup", { fast: true }),
+    name: "while the backup is written (its temp file there, as near as polling gets)",
+    at: (w) => until(() => existsSync(w.backups) && readdirSync(w.backups).length > 0, () => "the backup's temp file", { fast: true }),
     left(w, found) {
       expect(found.recorded).toBe(w.v1.sha256);
+    },
+  },
+  {
+    name: "backed up, before the rename over the binary (as near as polling gets)",
+    at: (w) => until(() => existsSync(join(w.backups, w.v1.sha256)), () => "the backup", { fast: true }),
+    left(w, found) {
+      expect(found.recorded).toBe(w.v1.sha256);
+      expect(readFileSync(join(w.backups, w.v1.sha256))).toEqual(Buffer.from(w.v1.bytes));
     },
   },
   {
