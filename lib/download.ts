@@ -1,7 +1,8 @@
 // Owns downloading: streaming a binary into an exclusive temp file while hashing it, verified, with fallback.
 import { closeSync, readdirSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { createExclusive, removeIfPresent, startWriteback, writeAll } from "./fsx.ts";
+import { createExclusive, removeIfPresent, writeAll } from "./fsx.ts";
+import { startWriteback } from "./libc.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
 import { describe, fetchFailure, request, type HttpPolicy } from "./http.ts";
 import { errorText } from "./log.ts";

@@ -3,12 +3,7 @@ import {
   closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync,
   statSync, unlinkSync, writeSync, type Dirent, type Stats,
 } from "node:fs";
-import { dlopen, FFIType } from "bun:ffi";
 import { basename, dirname, join } from "node:path";
-
-// Bun has no binding for sync_file_range(2): it is called from libc directly.
-const libc = dlopen("libc.so.6", { sync_file_range: { args: [FFIType.i32, FFIType.i64, FFIType.i64, FFIType.u32], returns: FFIType.i32 } });
-const SYNC_FILE_RANGE_WRITE = 2;
 
 export interface FileMeta {
   mode: number;
@@ -40,15 +35,6 @@ export function ensureDirectory(dir: string): Stats {
 
 export function writeAll(fd: number, data: Uint8Array): void {
   for (let off = 0; off < data.length; ) off += writeSync(fd, data, off, data.length - off);
-}
-
-/**
- * Starts writing a range of fd to disk and returns at once, so that the fsync before an install
- * finds a large file mostly on disk instead of stalling on all of it (about half a second per GiB
- * here). Best effort: whatever it does not write, the fsync does.
- */
-export function startWriteback(fd: number, offset: number, length: number): void {
-  libc.symbols.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
 }
 
 export function fsyncDir(dir: string): void {

@@ -1,5 +1,4 @@
 // Owns locking: version lock files (the old script's format) with a recorded holder, the lock directory's own flock, and short exclusive file locks.
-import { dlopen, FFIType } from "bun:ffi";
 import {
   closeSync, constants, fstatSync, fsyncSync, linkSync, lstatSync, openSync, readdirSync, readFileSync, readlinkSync,
   renameSync, statSync, type BigIntStats, type Stats,
@@ -7,13 +6,8 @@ import {
 import { join } from "node:path";
 import { createExclusive, ensureDirectory, removeIfPresent, tempPathFor, writeAll, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
+import { tryFlock } from "./libc.ts";
 
-// flock(2) is the kernel's record of who holds a lock: it vanishes with the holder, whatever killed
-// it. Bun has no binding for it, so it is called from libc directly.
-const libc = dlopen("libc.so.6", { flock: { args: [FFIType.i32, FFIType.i32], returns: FFIType.i32 } });
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const tryFlock = (fd: number): boolean => libc.symbols.flock(fd, LOCK_EX | LOCK_NB) === 0;
 
 export class LockDirError extends Error {}
 
