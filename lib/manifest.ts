@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 import { withExclusiveLock } from "./lock.ts";
+import type { Logger } from "./log.ts";
 
 /** A target that failed on this host and is not retried before `until` (null: until the API moves on). */
 export interface Hold {
@@ -124,6 +125,17 @@ export function readManifest(path: string): Manifest {
     throw new ManifestError(`cannot read ${path}: ${(err as Error).message}`);
   }
   return parseManifest(text);
+}
+
+/** The manifest, or null after logging why it cannot be used (a configuration error: exit 2). */
+export function readManifestOrLog(path: string, log: Logger): Manifest | null {
+  try {
+    return readManifest(path);
+  } catch (err) {
+    if (!(err instanceof ManifestError)) throw err;
+    log.error("manifest_invalid", { manifest: path, error: err.message });
+    return null;
+  }
 }
 
 /** A change to the manifest: fields set on one entry (undefined removes a field), or new node info. */

@@ -6,7 +6,7 @@ import { sweepOrphanTemps, sweepOrphanTempsUnder } from "./fsx.ts";
 import { HashCache, hashCachePath } from "./hash.ts";
 import { prepareLockDir, sweepLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
-import { ManifestError, readManifest, updateManifest, type Manifest } from "./manifest.ts";
+import { readManifestOrLog, updateManifest, type Manifest } from "./manifest.ts";
 import { gatherNodeInfo, sameNodeInfo } from "./nodeinfo.ts";
 import { binaryPath, preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
 import { VERSION } from "./version.ts";
@@ -26,14 +26,8 @@ export interface PassOptions {
 export async function runPass(settings: Settings, log: Logger, options: PassOptions): Promise<number> {
   if (options.splay && settings.splaySec > 0) await Bun.sleep(Math.random() * settings.splaySec * 1000);
 
-  let manifest: Manifest;
-  try {
-    manifest = readManifest(settings.manifest);
-  } catch (err) {
-    if (!(err instanceof ManifestError)) throw err;
-    log.error("manifest_invalid", { manifest: settings.manifest, error: err.message });
-    return EXIT_CONFIG;
-  }
+  const manifest = readManifestOrLog(settings.manifest, log);
+  if (!manifest) return EXIT_CONFIG;
   if (!options.dryRun) {
     try {
       prepareLockDir(settings.lockDir);

@@ -6,7 +6,7 @@ import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
 import { backupPath } from "./install.ts";
 import { prepareLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
-import { ManifestError, readManifest, updateManifest, type Entry, type Manifest } from "./manifest.ts";
+import { readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
 import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./pass.ts";
 import { updateBinary, type PassContext } from "./update.ts";
 
@@ -37,14 +37,8 @@ export function rollbackTarget(entry: Entry, stateDir: string, exists: (path: st
 
 /** Reads the manifest and finds NAME; logs why not and gives the exit status when it cannot. */
 function entryOf(settings: Settings, log: Logger, command: string, name: string): Entry | number {
-  let manifest: Manifest;
-  try {
-    manifest = readManifest(settings.manifest);
-  } catch (err) {
-    if (!(err instanceof ManifestError)) throw err;
-    log.error("manifest_invalid", { manifest: settings.manifest, error: err.message });
-    return EXIT_CONFIG;
-  }
+  const manifest = readManifestOrLog(settings.manifest, log);
+  if (!manifest) return EXIT_CONFIG;
   const found = findEntry(manifest, name, settings.manifest);
   if (typeof found !== "string") return found;
   log.error(`${command}_refused`, { bin: name, reason: found });
