@@ -1,0 +1,71 @@
+// Unit tests of the operator commands' pure parts: what rollback restores, and how status reports a binary.
+import { describe, expect, test } from "bun:test";
+import type { Sha256 } from "../../lib/hash.ts";
+import { parseManifest, type Entry } from "../../lib/manifest.ts";
+import { findEntry, rollbackTarget } from "../../lib/rollback.ts";
+import { attention, cells, formatStatus, type BinaryStatus } from "../../lib/status.ts";
+import { planRestore } from "../../lib/update.ts";
+
+const A = "a".repeat(64) as Sha256;
+const B = "b".repeat(64) as Sha256;
+const entry = (over: Partial<Entry> = {}): Entry => ({ binaryName: "app", serviceName: "app", version: B, previousVersion: A, port: 0, hold: null, ...over });
+const row = (over: Partial<BinaryStatus> = {}): BinaryStatus => ({
+  name: "app", service: "app", path: "/usr/local/bin/app", onDisk: B, diskError: null, version: B, previousVersion: A,
+  supervisor: "RUNNING", locks: [], hold: null, attention: null, ...over,
+});
+
+describe("rollback", () => {
+  test("installs the backup unless the restored version is already on disk (a killed rollback is finished)", () => {
+    expect(planRestore(B, A)).toEqual({ kind: "update" });
+    expect(planRestore(null, A)).toEqual({ kind: "update" });
+    expect(planRestore(A, A)).toEqual({ kind: "finish" });
+  });
+  test("goes back to previousVersion when its backup exists", () => {
+    expect(rollbackTarget(entry(), "/state", () => true)).toBe(A);
+  });
+  test.each([
+    ["no previousVersion", entry({ previousVersion: null }), () => true, /no previousVersion/],
+    ["previousVersion equal to version", entry({ previousVersion: B }), () => true, /both/],
+    ["no backup file", entry(), () => false, /no backup of app's previous version aaaaaaaaaaaa: \/state\/backups\/app\/a{64} does not exist/],
+  ])("refuses with %s", (_, e, exists, message) => {
+    const result = rollbackTarget(e, "/state", exists);
+    expect(typeof result === "object" && result.problem).toMatch(message);
+  });
+  test("a name that is not managed, or whose entry is rejected, is said so", () => {
+    const manifest = parseManifest(JSON.stringify({ binaries: [{ binaryName: "app" }, { binaryName: "bad name" }] }));
+    expect(findEntry(manifest, "app", "/m.json")).toMatchObject({ binaryName: "app" });
+    expect(findEntry(manifest, "other", "/m.json")).toBe('other is not managed: /m.json has no binaryName "other"');
+    expect(findEntry(manifest, "bad name", "/m.json")).toMatch(/entry is rejected/);
+  });
+});
+
+describe("status", () => {
+  test("a binary as the manifest says with its service RUNNING needs nothing; locks and holds are normal", () => {
+    expect(attention(row())).toBeNull();
+    expect(attention(row({ locks: [{ version: A, ageSec: 5, holder: "pid 1", stale: false }], hold: { version: A, failures: 1, until: null, active: true } }))).toBeNull();
+  });
+  test.each([
+    ["missing", row({ onDisk: null }), /is missing/],
+    ["unreadable", row({ onDisk: null, diskError: "EACCES" }), /cannot hash/],
+    ["not the manifest's version", row({ onDisk: A }), /on disk is aaaaaaaaaaaa, the manifest says bbbbbbbbbbbb/],
+    ["its service not RUNNING", row({ supervisor: "FATAL" }), /service app is FATAL/],
+  ])("%s needs attention", (_, b, message) => {
+    expect(attention(b)).toMatch(message);
+  });
+  test("cells: short hashes, '-' for nothing, locks and holds spelled out", () => {
+    expect(cells(row({ service: "", supervisor: null, previousVersion: null }))).toEqual(["app", "-", "bbbbbbbbbbbb", "bbbbbbbbbbbb", "-", "-", "-", "-"]);
+    const busy = row({
+      locks: [{ version: A, ageSec: 700, holder: "unknown (not recorded by bin-proxy)", stale: true }],
+      hold: { version: A, failures: 2, until: "2026-11-25T10:20:00.000Z", active: true },
+    });
+    expect(cells(busy).slice(6)).toEqual(["aaaaaaaaaaaa by unknown (not recorded by bin-proxy), 700s (stale)", "aaaaaaaaaaaa held until 2026-11-25T10:20:00.000Z (2 failures)"]);
+  });
+  test("the table aligns its columns and lists what needs attention under it", () => {
+    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }] });
+    const lines = text.split("\n");
+    expect(lines[0]).toMatch(/^NAME {9}SERVICE {2}ON-DISK/);
+    expect(lines[1]!.indexOf("app  ")).toBe(0);
+    expect(lines[2]!.startsWith("longer-name  app")).toBe(true);
+    expect(lines.slice(3)).toEqual(["", "longer-name: /usr/local/bin/app is missing", '"x y": entry rejected: binaries[2]: not a plain name']);
+  });
+});
