@@ -1,4 +1,4 @@
-// The quick-start demo: a local bin-manager, a temp host root, a supervised service if supervisor is installed, four real passes.
+// The quick-start demo: a local bin-manager, a temp host root, a supervised service if supervisor is installed, five real passes and the status table.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { artifact, startBinManager } from "../tests/fixture/bin-manager.ts";
