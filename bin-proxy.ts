@@ -37,7 +37,7 @@ async function main(argv: string[]): Promise<number> {
       const log = new Logger({
         file: command.dryRun ? undefined : settings.logFile,
         echo: command.verbose || interactive,
-        secrets: settings.token ? [settings.token] : [],
+        secrets,
       });
       return runPass(settings, log, { dryRun: command.dryRun, splay: !command.dryRun && !interactive, print });
     }
@@ -46,7 +46,7 @@ async function main(argv: string[]): Promise<number> {
     case "rollback":
     case "retry": {
       // Run by hand: every event is echoed to stderr as well as logged.
-      const log = new Logger({ file: settings.logFile, echo: true, secrets: settings.token ? [settings.token] : [] });
+      const log = new Logger({ file: settings.logFile, echo: true, secrets });
       return command.kind === "rollback" ? rollback(settings, log, command.name, { print }) : retry(settings, log, command.name, { print });
     }
   }
