@@ -1,6 +1,6 @@
 // bin-proxy: keeps this host's supervised binaries in step with bin-manager. Start at runPass (lib/pass.ts).
 import { isAbsolute } from "node:path";
-import { ConfigError, loadSettings, type Settings } from "./lib/config.ts";
+import { ConfigError, DEFAULT_LOG_FILE, loadSettings, type Settings } from "./lib/config.ts";
 import { parseArgs, UsageError, USAGE, type Invocation } from "./lib/cli.ts";
 import { errorText, Logger, redact } from "./lib/log.ts";
 import { EXIT_CONFIG, EXIT_FAILED, runPass } from "./lib/pass.ts";
@@ -57,8 +57,8 @@ function print(line: string): number {
   return 0;
 }
 
-/** A usage or configuration error: said on stderr, and logged where the log file is known. */
-function fatal(message: string, code: number, logFile = process.env.LOG_FILE): number {
+/** A usage or configuration error: said on stderr, and logged to the configured log file, else the default one. */
+function fatal(message: string, code: number, logFile = process.env.LOG_FILE || DEFAULT_LOG_FILE): number {
   process.stderr.write(redact(`bin-proxy: ${message}`, secrets) + "\n");
   if (logFile && isAbsolute(logFile)) new Logger({ file: logFile, echo: false, secrets }).warn("not_started", { error: message.split("\n")[0] });
   return code;

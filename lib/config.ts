@@ -4,6 +4,7 @@ import { hostname } from "node:os";
 import { delimiter, isAbsolute, join } from "node:path";
 
 export const DEFAULT_CONFIG_FILE = "/etc/bin-proxy/config";
+export const DEFAULT_LOG_FILE = "/var/log/bin-proxy.log";
 
 export interface Settings {
   api: string;
@@ -176,7 +177,7 @@ export function resolveSettings(raw: (key: Key) => string | undefined): Settings
     api,
     binDir: absolutePath("BIN_DIR", raw("BIN_DIR") || "/usr/local/bin"),
     manifest: absolutePath("BIN_MANIFESTS", raw("BIN_MANIFESTS") || "/etc/bin-proxy/bin-manifests.json"),
-    logFile: absolutePath("LOG_FILE", raw("LOG_FILE") || "/var/log/bin-proxy.log"),
+    logFile: absolutePath("LOG_FILE", raw("LOG_FILE") || DEFAULT_LOG_FILE),
     lockDir: absolutePath("LOCK_DIR", raw("LOCK_DIR") || "/var/run/bin-proxy"),
     downloadBaseUrl: url("DOWNLOAD_BASE_URL", raw("DOWNLOAD_BASE_URL") || `${api}/download`),
     token,
