@@ -498,9 +498,19 @@ export function sweepLockDir(lockDir: string): string[] {
   });
 }
 
+/** The time a lock file says it was taken, or null when it is unreadable or gone. */
+function writtenTime(path: string): number | null {
+  try {
+    return parseLockTime(readFileSync(path, "utf8"));
+  } catch {
+    return null;
+  }
+}
+
+/** The lock's time: what it says, else its mtime (as examine does); null when it is gone. */
 function lockTime(path: string): number | null {
   try {
-    return parseLockTime(readFileSync(path, "utf8")) ?? Math.floor(statSync(path).mtimeMs / 1000);
+    return writtenTime(path) ?? Math.floor(statSync(path).mtimeMs / 1000);
   } catch {
     return null;
   }
@@ -510,11 +520,21 @@ function lockAge(path: string, now: number): number {
   return Math.max(0, now - (lockTime(path) ?? now));
 }
 
-/** Read-only: how old the lock of name at sha is, in seconds, or null when there is none (for --dry-run). */
-export function versionLockAge(lockDir: string, name: string, sha: Sha256): number | null {
-  const now = Math.floor(Date.now() / 1000);
-  const time = lockTime(join(lockDir, lockFileName(name, sha)));
-  return time === null ? null : Math.max(0, now - time);
+/**
+ * Read-only, for --dry-run: what a pass would decide about the lock of name at sha (null: there is
+ * none), by the same judgeLock. It does not touch the lock's flock (a dry run must not make a real
+ * pass see it held), so a holder is judged by its record alone.
+ */
+export function previewLock(lockDir: string, name: string, sha: Sha256, timeoutSec: number): LockVerdict | null {
+  const path = join(lockDir, lockFileName(name, sha));
+  let st: BigIntStats;
+  try {
+    st = lstatSync(path, { bigint: true });
+  } catch {
+    return null;
+  }
+  const { state } = holderOf(path, st, writtenTime(path));
+  return judgeLock({ ageSec: lockAge(path, Math.floor(Date.now() / 1000)), timeoutSec, flockHeld: state === "running", holder: state });
 }
 
 export interface LockInfo {
@@ -538,7 +558,7 @@ export function listVersionLocks(lockDir: string, name: string): LockInfo[] {
     const path = join(lockDir, file);
     let holder: string;
     try {
-      holder = describeHolder(holderOf(path, lstatSync(path, { bigint: true }), parseLockTime(readFileSync(path, "utf8"))));
+      holder = describeHolder(holderOf(path, lstatSync(path, { bigint: true }), writtenTime(path)));
     } catch {
       return []; // released while we looked
     }

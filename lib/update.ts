@@ -8,7 +8,7 @@ import { removeIfPresent } from "./fsx.ts";
 import { short, type HashCache, type Sha256 } from "./hash.ts";
 import { activeHold, describeHold, holdAfterFailure, holdAfterRollback } from "./hold.ts";
 import { backupPath, installDownload, keepBackup, pruneBackups, restoreBackup, stageBackup } from "./install.ts";
-import { acquireVersionLock, versionLockAge, type VersionLock } from "./lock.ts";
+import { acquireVersionLock, previewLock, type VersionLock } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
 import { readManifest, updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
 import { runPhases, type Phase } from "./phases.ts";
@@ -86,10 +86,11 @@ export function preview(ctx: PassContext, entry: Entry, target: Target): string 
       return describeHold(decision.hold);
     case "finish":
     case "update": {
-      const age = versionLockAge(ctx.settings.lockDir, entry.binaryName, target.sha256);
-      if (age !== null && age < ctx.settings.lockTimeoutSec) return "busy";
-      if (decision.kind === "finish") return `would restart ${entry.serviceName || entry.binaryName} on ${short(target.sha256)} and record it`;
-      return onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`;
+      const lock = previewLock(ctx.settings.lockDir, entry.binaryName, target.sha256, ctx.settings.lockTimeoutSec);
+      if (lock?.kind === "busy") return "busy";
+      const takeover = lock === null ? "" : lock.kind === "end-holder" ? " (after ending the run past LOCK_TIMEOUT on it)" : ` (taking over its ${lock.why === "stale" ? "stale" : "dead holder's"} lock)`;
+      if (decision.kind === "finish") return `would restart ${entry.serviceName || entry.binaryName} on ${short(target.sha256)} and record it${takeover}`;
+      return (onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`) + takeover;
     }
   }
 }

@@ -712,12 +712,16 @@ describe("manifest and settings", () => {
     host.writeBinary("dsame", same.bytes);
     host.writeBinary("dupd", v1.bytes);
     host.writeBinary("dbusy", v1.bytes);
+    host.writeBinary("dgone", v1.bytes);
+    host.writeBinary("dstale", v1.bytes);
     host.writeBinary("dheld", v1.bytes);
     const until = new Date(Date.now() + 3600_000).toISOString();
     host.writeManifest([
       entry("dsame", { version: same.sha256 }),
       entry("dupd", { version: v1.sha256 }),
       entry("dbusy", { version: v1.sha256 }),
+      entry("dgone", { version: v1.sha256 }),
+      entry("dstale", { version: v1.sha256 }),
       entry("dnew"),
       entry("dheld", { version: v1.sha256, hold: { version: v3.sha256, failures: 2, until } }),
     ]);
@@ -726,7 +730,17 @@ describe("manifest and settings", () => {
     bm.setTarget("dbusy", v2);
     bm.setTarget("dnew", v3);
     bm.setTarget("dheld", v3);
-    writeFileSync(join(host.lockDir, `dbusy-${v2.sha256}.lock`), `${Math.floor(Date.now() / 1000)}\n`);
+    bm.setTarget("dgone", v2);
+    bm.setTarget("dstale", v2);
+    const now = Math.floor(Date.now() / 1000);
+    writeFileSync(join(host.lockDir, `dbusy-${v2.sha256}.lock`), `${now}\n`);
+    // A fresh lock whose recorded holder has exited: a pass would take it over, so a dry run must not say busy.
+    const gone = join(host.lockDir, `dgone-${v2.sha256}.lock`);
+    writeFileSync(gone, `${now}\n`);
+    const exited = Bun.spawn(["true"]);
+    await exited.exited;
+    writeFileSync(join(host.lockDir, `.dgone-${v2.sha256}.lock.holder`), `${exited.pid} 1 ${statSync(gone).ino} ${now}\n`);
+    writeFileSync(join(host.lockDir, `dstale-${v2.sha256}.lock`), `${now - 700}\n`);
     const before = snapshot(host);
 
     // A keepalive failure gives the pass something to log: in a dry run that goes to stderr, never to LOG_FILE.
@@ -744,6 +758,8 @@ describe("manifest and settings", () => {
         "dsame: up-to-date",
         `dupd: would update ${short(v1.sha256)} -> ${short(v2.sha256)}`,
         "dbusy: busy",
+        `dgone: would update ${short(v1.sha256)} -> ${short(v2.sha256)} (taking over its dead holder's lock)`,
+        `dstale: would update ${short(v1.sha256)} -> ${short(v2.sha256)} (taking over its stale lock)`,
         `dnew: would install ${short(v3.sha256)}`,
         `dheld: held until ${until}`,
         "",
