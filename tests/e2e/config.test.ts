@@ -1,6 +1,6 @@
 // End-to-end tests of configuration and the command line: the crontab line, the config file sourced or read, precedence, errors.
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { artifact, startBinManager, type BinManager } from "../fixture/bin-manager.ts";
@@ -232,6 +232,31 @@ describe("configuration errors: exit 2, the key named, nothing touched", () => {
     expect(viaEnv.code).toBe(2);
     expect(viaEnv.stderr).toContain(missing);
     expect(bm.requests).toEqual([]);
+  });
+});
+
+describe("where an error is logged when no LOG_FILE is configured", () => {
+  test("a usage error and a configuration error go to the default /var/log/bin-proxy.log", async () => {
+    // A private mount namespace puts a temp dir at /var/log, so the machine's own log is never touched.
+    const unshare = Bun.which("unshare");
+    if (!unshare) throw new Error("unshare (util-linux) is needed to give the test its own /var/log");
+    const host = newHost();
+    const varLog = join(host.root, "var-log");
+    mkdirSync(varLog);
+    const script = 'mount --bind "$VARLOG" /var/log && "$EXE" --frobnicate; echo "usage=$?"; HTTP_TIMEOUT=soon "$EXE"; echo "config=$?"';
+    const proc = Bun.spawn([unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script], {
+      env: { PATH: process.env.PATH ?? "/usr/bin:/bin", VARLOG: varLog, EXE: BIN_PROXY, BIN_PROXY_CONFIG: join(host.root, "etc", "config") },
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    const [stdout, stderr] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+    expect(stdout).toBe("usage=2\nconfig=2\n");
+    expect(stderr).toContain('unknown option "--frobnicate"');
+    const lines = readFileSync(join(varLog, "bin-proxy.log"), "utf8").trimEnd().split("\n");
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(/ level=warn event=not_started error=".*--frobnicate/);
+    expect(lines[1]).toMatch(/ level=warn event=not_started error=".*HTTP_TIMEOUT/);
   });
 });
 
