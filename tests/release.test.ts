@@ -6,7 +6,7 @@ import { join } from "node:path";
 import pkg from "../package.json" with { type: "json" };
 import { buildRelease, RELEASE_ASSETS } from "../scripts/build.ts";
 import { artifact, startBinManager, type BinManager } from "./fixture/bin-manager.ts";
-import { makeHost, runBinProxy, type Host } from "./fixture/host.ts";
+import { hostPool, runBinProxy, type Host } from "./fixture/host.ts";
 
 const QEMU = "qemu-aarch64-static";
 /** Debian's arm64 libc (libc6-arm64-cross): qemu-user finds the loader and libc.so.6 there. */
@@ -21,12 +21,8 @@ const aarch64 = assetPath("bin-proxy-linux-aarch64");
 const sha256Of = (path: string) => new Bun.CryptoHasher("sha256").update(readFileSync(path)).digest("hex");
 
 let bm: BinManager;
-const hosts: Host[] = [];
-function host(): Host {
-  const h = makeHost();
-  hosts.push(h);
-  return h;
-}
+const hosts = hostPool();
+const host = hosts.make;
 
 beforeAll(async () => {
   if (process.arch !== "x64") throw new Error(`these tests run the x86_64 build natively: an x86_64 machine is needed, not ${process.arch}`);
@@ -36,7 +32,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await bm?.stop();
-  for (const h of hosts) h.cleanup();
+  hosts.cleanup();
   rmSync(scratch, { recursive: true, force: true });
 });
 
@@ -49,7 +45,7 @@ function versionPattern(target: string): RegExp {
 /** A one-binary pass to run: the API offers `app`, which the host does not have yet. */
 function installScenario() {
   const h = host();
-  const name = `app-${hosts.length}`;
+  const name = `app-${hosts.all.length}`;
   const app = artifact(`#!/bin/sh\n# ${name}\necho ${name}\n`);
   bm.setTarget(name, app, "1.0.0");
   h.writeManifest([{ serviceName: "", binaryName: name, version: "", previousVersion: "", port: 0 }]);

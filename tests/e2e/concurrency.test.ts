@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { formatHolderRecord, judgeLock, parseHolderRecord, processStart, type HolderState } from "../../lib/lock.ts";
 import { partialVersion } from "../../lib/download.ts";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
-import { BIN_PROXY, makeHost, serviceScript, type Host } from "../fixture/host.ts";
+import { BIN_PROXY, hostPool, serviceScript, type Host } from "../fixture/host.ts";
 import { processAlive } from "../fixture/supervisor.ts";
 import {
   events, expectDone, gatedDownload, hasOpen, holdFileLock, holdLockDir, killPass, now, sha256, startPass, until, type Run,
@@ -16,7 +16,7 @@ const API = "/api/v1";
 const CROWD = 12;
 
 let bm: BinManager;
-const hosts: Host[] = [];
+const hosts = hostPool();
 const decoys: ReturnType<typeof Bun.spawn>[] = [];
 
 beforeAll(async () => {
@@ -26,7 +26,7 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const d of decoys) d.kill("SIGKILL");
   await bm.stop();
-  for (const h of hosts) h.cleanup();
+  hosts.cleanup();
 });
 
 beforeEach(() => {
@@ -46,8 +46,7 @@ interface Scenario {
 
 /** A host whose binary `name` is at v1 (so recorded), the API naming v2 of `size` bytes. */
 function scenario(name: string, size = 64 * 1024): Scenario {
-  const host = makeHost();
-  hosts.push(host);
+  const host = hosts.make();
   const v1 = artifact(serviceScript({ tag: `${name}-v1` }));
   const v2 = artifact(serviceScript({ tag: `${name}-v2 ${"x".repeat(size)}` }));
   host.writeBinary(name, v1.bytes);

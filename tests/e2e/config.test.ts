@@ -4,20 +4,15 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { artifact, startBinManager, type BinManager } from "../fixture/bin-manager.ts";
-import { BIN_PROXY, makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
+import { BIN_PROXY, hostPool, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 
 const PKG_VERSION = (JSON.parse(readFileSync(resolve(import.meta.dir, "../../package.json"), "utf8")) as { version: string }).version;
 const API = "/api/v1";
 const ENV = "/usr/bin/env";
 
 let bm: BinManager;
-const hosts: Host[] = [];
-
-function newHost(): Host {
-  const host = makeHost();
-  hosts.push(host);
-  return host;
-}
+const hosts = hostPool();
+const newHost = hosts.make;
 
 beforeAll(async () => {
   bm = await startBinManager();
@@ -25,7 +20,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await bm?.stop();
-  for (const host of hosts) host.cleanup();
+  hosts.cleanup();
 });
 
 beforeEach(() => bm.clearRequests());

@@ -7,7 +7,7 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
-import { freePort, makeHost, runBinProxy, serviceScript, spawnBinProxy, type Host } from "../fixture/host.ts";
+import { freePort, hostPool, runBinProxy, serviceScript, spawnBinProxy, type Host } from "../fixture/host.ts";
 import { startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 
 const API = "/api/v1";
@@ -50,12 +50,8 @@ const LOG = "log/bin-proxy.log";
 let bm: BinManager;
 let sup: Supervisor;
 let supDir: string;
-const hosts: Host[] = [];
-const newHost = (): Host => {
-  const host = makeHost();
-  hosts.push(host);
-  return host;
-};
+const hosts = hostPool();
+const newHost = hosts.make;
 
 // The status host: one binary in each state a row can show.
 let statusHost: Host;
@@ -109,7 +105,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await sup?.stop();
   await bm?.stop();
-  for (const host of hosts) host.cleanup();
+  hosts.cleanup();
   if (supDir) rmSync(supDir, { recursive: true, force: true });
 });
 

@@ -18,7 +18,7 @@ import {
   type Behaviour,
   type RecordedRequest,
 } from "../fixture/bin-manager.ts";
-import { freePort, makeHost, runBinProxy, serviceScript, spawnBinProxy, type Host, type ManifestEntry } from "../fixture/host.ts";
+import { freePort, hostPool, runBinProxy, serviceScript, spawnBinProxy, type Host, type ManifestEntry } from "../fixture/host.ts";
 import { processAlive, startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 
 const PKG_VERSION = (JSON.parse(readFileSync(resolve(import.meta.dir, "../../package.json"), "utf8")) as { version: string }).version;
@@ -72,13 +72,8 @@ const eventsOf = (host: Host, event: string): LogRecord[] => logOf(host).filter(
 let bm: BinManager;
 let sup: Supervisor;
 let supDir: string;
-const hosts: Host[] = [];
-
-function newHost(): Host {
-  const host = makeHost();
-  hosts.push(host);
-  return host;
-}
+const hosts = hostPool();
+const newHost = hosts.make;
 
 interface Service {
   name: string;
@@ -145,7 +140,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await sup?.stop();
   await bm?.stop();
-  for (const host of hosts) host.cleanup();
+  hosts.cleanup();
   if (supDir) rmSync(supDir, { recursive: true, force: true });
 }, SUPERVISED_MS);
 
@@ -901,7 +896,7 @@ describe("manifest and settings", () => {
   test("every log line written by this file's passes is logfmt", () => {
     // logOf throws on the first line that is not; every host of this file is read here.
     let lines = 0;
-    for (const host of hosts) lines += logOf(host).length;
+    for (const host of hosts.all) lines += logOf(host).length;
     expect(lines).toBeGreaterThan(20);
   });
 });
