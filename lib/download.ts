@@ -1,8 +1,8 @@
 // Owns downloading: streaming a binary into an exclusive temp file while hashing it, verified, with fallback.
 import { closeSync, readdirSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { createExclusive, removeIfPresent, writeAll } from "./fsx.ts";
-import { startWriteback } from "./libc.ts";
+import { createExclusive, removeIfPresent } from "./fsx.ts";
+import { DiskWriter } from "./diskwrite.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
 import { describe, fetchFailure, request, type HttpPolicy } from "./http.ts";
 import { errorText } from "./log.ts";
@@ -30,9 +30,6 @@ export interface Downloaded {
   url: string;
 }
 
-/** Written data is handed to the disk in windows of this size as it arrives (see startWriteback). */
-const WRITEBACK_WINDOW = 16 << 20;
-
 export class DownloadError extends Error {}
 
 export async function downloadVerified(req: DownloadRequest): Promise<Downloaded> {
@@ -52,6 +49,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
 async function downloadOnce(url: string, req: DownloadRequest): Promise<Downloaded> {
   removeIfPresent(req.tempPath); // a leftover of a killed run of this version: we hold its lock now
   const fd = createExclusive(req.tempPath, 0o600);
+  const disk = new DiskWriter(fd);
   const controller = new AbortController();
   let timer: Timer | undefined;
   const arm = (what: string) => {
@@ -71,9 +69,9 @@ async function downloadOnce(url: string, req: DownloadRequest): Promise<Download
       throw new DownloadError(`size ${declared} bytes is over MAX_DOWNLOAD_BYTES (${req.maxBytes})`);
     }
     if (!res.body) throw new DownloadError("empty response");
+    // Hashing here while the disk writes in the background: the download costs about the slower of the two.
     const hasher = new Bun.CryptoHasher("sha256");
     let bytes = 0;
-    let handedToDisk = 0;
     const reader = res.body.getReader();
     try {
       for (;;) {
@@ -85,20 +83,19 @@ async function downloadOnce(url: string, req: DownloadRequest): Promise<Download
         bytes += value.length;
         if (bytes > req.maxBytes) throw new DownloadError(`more than MAX_DOWNLOAD_BYTES (${req.maxBytes}) bytes`);
         hasher.update(value);
-        writeAll(fd, value);
-        if (bytes - handedToDisk >= WRITEBACK_WINDOW) {
-          startWriteback(fd, handedToDisk, bytes - handedToDisk);
-          handedToDisk = bytes;
-        }
+        await disk.write(value);
       }
     } catch (err) {
       await reader.cancel().catch(() => {});
       throw controller.signal.aborted ? controller.signal.reason : err;
     }
+    clearTimeout(timer); // the last writes are the disk's time, not the server's
+    await disk.finish();
     const actual = hasher.digest("hex");
     if (actual !== req.expected) throw new DownloadError(`content does not match: expected ${short(req.expected)}, got ${short(actual)} (${bytes} bytes)`);
     return { fd, tempPath: req.tempPath, bytes, url };
   } catch (err) {
+    await disk.settle();
     closeSync(fd);
     removeIfPresent(req.tempPath);
     throw err;

@@ -13,6 +13,7 @@ import {
 } from "../fixture/bin-manager.ts";
 import { BIN_PROXY, makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 import { startSupervisor } from "../fixture/supervisor.ts";
+import { mount, unmount } from "../fixture/mount.ts";
 import { makePki, type TestPki } from "../fixture/tls.ts";
 
 /** The API token of every run: it must never show up in any output, file or child process. */
@@ -345,6 +346,20 @@ describe("a hostile or broken download", () => {
     expect(produced.bytes).toBeLessThan(64 * MIB);
   });
 
+  test("several write blocks in, a body cut short or wrong in its last byte: the file is removed only once its writes are done", async () => {
+    await faultCase(
+      (w) => {
+        const bytes = w.target.get(w.app)!.bytes;
+        const wrongLastByte = bytes.slice();
+        wrongLastByte[wrongLastByte.length - 1]! ^= 1;
+        w.server.setPrimary(w.app, truncated(bytes, 9 * MIB + 1));
+        w.server.override("GET", fallbackPath(w.app), () => new Response(wrongLastByte));
+      },
+      downloadFails(/body cut short after 9437185 bytes: .*content does not match: expected [0-9a-f]{12}, got [0-9a-f]{12} \(10489857 bytes\)/),
+      { appSize: 10 * MIB + 4097 },
+    );
+  });
+
   test("a body that stalls is aborted after HTTP_TIMEOUT without a byte", async () => {
     await faultCase((w) => both(w, stallBody("#!/bin/sh\n")), downloadFails(/no data within 2s.*no data within 2s/), { env: { HTTP_TIMEOUT: STALL_TIMEOUT } });
   });
@@ -535,16 +550,6 @@ describe("HTTPS and the token", () => {
 });
 
 /** Runs mount; the error text when this machine does not allow it (not root, no CAP_SYS_ADMIN, a container). */
-function mount(args: string[]): string | null {
-  const result = Bun.spawnSync(["mount", ...args], { stdout: "pipe", stderr: "pipe" });
-  return result.exitCode === 0 ? null : `mount ${args.join(" ")}: ${result.stderr.toString().trim() || `exit ${result.exitCode}`}`;
-}
-
-function unmount(dir: string): void {
-  const result = Bun.spawnSync(["umount", dir], { stdout: "pipe", stderr: "pipe" });
-  if (result.exitCode !== 0) throw new Error(`umount ${dir}: ${result.stderr.toString().trim()}`);
-}
-
 /** A filesystem mounted over dir for one case (then made read-only when asked); a case that cannot have one fails with the reason. */
 function mountOrFail(w: World, dir: string, args: string[], readOnly = false): void {
   let error = mount([...args, dir]);
