@@ -130,7 +130,7 @@ async function flushDisk(): Promise<void> {
 }
 
 const { runs, bigRuns } = parseRuns(process.argv.slice(2));
-for (const tool of [TIME, "curl", "sha256sum", "sync"]) {
+for (const tool of [TIME, "curl", "sha256sum", "sync", "dd"]) {
   if (tool.startsWith("/") ? !existsSync(tool) : !Bun.which(tool)) {
     throw new Error(`${tool} is required for the benchmark (Debian: apt-get install -y time curl coreutils)`);
   }
@@ -265,7 +265,21 @@ try {
     `closeSync(fd);`,
     `console.log(hasher.digest("hex"));`,
   ].join("\n"));
+  // The receive path alone: Bun's fetch reading the body and hashing it, writing nothing.
+  const fetchAlone = join(scratch, "fetch-hash-alone.ts");
+  writeFileSync(fetchAlone, [
+    `const hasher = new Bun.CryptoHasher("sha256");`,
+    `const res = await fetch(process.argv[2]);`,
+    `for await (const chunk of res.body) hasher.update(chunk);`,
+    `console.log(hasher.digest("hex"));`,
+  ].join("\n"));
   const url = (u: typeof big) => `${bm.api}/download/${u.name}`;
+  /** A baseline that prints the hash it computed: it must be the file's, or it did not do the work. */
+  const hashing = (cmd: string[], env?: Record<string, string>) => async (): Promise<Sample> => {
+    const sample = await measure(cmd, { cwd: scratch, env });
+    if (sample.stdout.trim() !== big.sha) throw new Error(`${cmd.join(" ")} printed ${sample.stdout.trim()}, not ${big.sha}`);
+    return sample;
+  };
   const curlScript = 'curl -sS -o "$1" "$2" && sha256sum "$1"';
   const curlOut = join(scratch, "curl-out");
 
@@ -281,10 +295,21 @@ try {
     // The same two updates by the release's twin with --smol toggled: what that flag does to memory and time.
     { name: `update pass, 1 GiB, ${twinLabel}`, runs: bigRuns, setup: resetTo(big), run: update(big, twinExe) },
     { name: `update pass, 64 MiB, ${twinLabel}`, runs, setup: resetTo(mid), run: update(mid, twinExe) },
-    { name: "Bun.CryptoHasher over the same 1 GiB", runs: bigRuns, setup: flushDisk, run: () => measure([process.execPath, hashAlone, big.file], { cwd: scratch }) },
+    { name: "Bun.CryptoHasher over the same 1 GiB", runs: bigRuns, setup: flushDisk, run: hashing([process.execPath, hashAlone, big.file]) },
     { name: "curl -o FILE URL && sha256sum FILE, 1 GiB", runs: bigRuns, setup: resetTo(big), run: () => measure(["sh", "-c", curlScript, "sh", curlOut, url(big)]) },
-    // Not a target: the loopback transfer alone, the floor under any download on this machine.
+    // Not targets: what each stream of the update costs alone on this machine, the floors under it.
     { name: "curl -o /dev/null URL, 1 GiB", runs: bigRuns, run: () => measure(["curl", "-sS", "-o", "/dev/null", url(big)]) },
+    {
+      name: "fetch + Bun.CryptoHasher, nothing written, 1 GiB",
+      runs: bigRuns,
+      run: hashing([process.execPath, fetchAlone, url(big)], { PATH: process.env.PATH ?? "/usr/bin:/bin", NO_PROXY: "127.0.0.1,localhost" }),
+    },
+    {
+      name: "dd oflag=direct conv=fsync, the same 1 GiB to this disk",
+      runs: bigRuns,
+      setup: resetTo(big),
+      run: () => measure(["dd", `if=${big.file}`, `of=${curlOut}`, "bs=4M", "oflag=direct", "conv=fsync", "status=none"]),
+    },
   ]);
 
   progress(`start-up of each build option (${runs} runs each)`);
@@ -311,6 +336,8 @@ try {
     { target: "1 GiB update peak RSS, MiB", value: bigUpdate.rssKiB / 1024, limit: "≤ 96" },
     { target: "peak RSS: 1 GiB vs 64 MiB update, relative difference", value: Math.abs(bigUpdate.rssKiB - midUpdate.rssKiB) / midUpdate.rssKiB, limit: "≤ 0.1" },
     { target: "(reference) 1 GiB update wall / loopback transfer alone", value: bigUpdate.wallMs / transfer.wallMs, limit: "—" },
+    { target: "(reference) 1 GiB update wall / fetch + hash alone", value: bigUpdate.wallMs / m(updates, "fetch + Bun.CryptoHasher, nothing written, 1 GiB").wallMs, limit: "—" },
+    { target: "(reference) 1 GiB update wall / disk write alone", value: bigUpdate.wallMs / m(updates, "dd oflag=direct conv=fsync, the same 1 GiB to this disk").wallMs, limit: "—" },
   ].map((t) => {
     const [op, bound] = t.limit.split(" ");
     const met = op === "≤" ? t.value <= Number(bound) : op === "=" ? noopRequests.every((n) => n === Number(bound)) : null;
