@@ -129,7 +129,7 @@ describe("one winner", () => {
       if (present === "the lock of a pass killed mid-download") {
         const gate = gatedDownload(bm, s.name, s.v2.bytes, 1000);
         const victim = startPass(s.host, bm.api);
-        await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === 1000, () => `a partial download\n${s.host.log()}`);
+        await until(() => gate.downloading(victim.pid, s.partial), () => `a partial download\n${s.host.log()}`);
         expect((await killPass(victim)).code).toBe(137);
         gate.open();
         bm.override("GET", `${API}/download/${s.name}`, null);
@@ -147,7 +147,7 @@ describe("one winner", () => {
         try {
           seen.push(readFileSync(s.lock, "utf8"));
           const [pid, start, ino] = readFileSync(s.record, "utf8").split(" ");
-          return statSync(s.partial).size > 0 && start === startOf(Number(pid)) && ino === String(statSync(s.lock).ino);
+          return hasOpen(Number(pid), s.partial) && start === startOf(Number(pid)) && ino === String(statSync(s.lock).ino);
         } catch {
           return false;
         }
@@ -186,7 +186,7 @@ describe("one winner", () => {
     const s = scenario("recheck");
     const gate = gatedDownload(bm, s.name, s.v2.bytes, 1000);
     const winner = startPass(s.host, bm.api);
-    await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === 1000, () => `the winner's download\n${s.host.log()}`);
+    await until(() => gate.downloading(winner.pid, s.partial), () => `the winner's download\n${s.host.log()}`);
     // Held by the test, the lock directory stops the late pass right after its check (v1 on disk),
     // and the winner when it comes to release its lock, after its update is recorded.
     const release = holdLockDir(s.host);
@@ -237,7 +237,7 @@ describe("the old script side by side", () => {
     const s = scenario("rewritten");
     const gate = gatedDownload(bm, s.name, s.v2.bytes, 1000);
     const killed = startPass(s.host, bm.api);
-    await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === 1000, () => `a partial download\n${s.host.log()}`);
+    await until(() => gate.downloading(killed.pid, s.partial), () => `a partial download\n${s.host.log()}`);
     expect((await killPass(killed)).code).toBe(137);
     gate.open();
     bm.override("GET", `${API}/download/${s.name}`, null);
@@ -264,10 +264,10 @@ describe("the old script side by side", () => {
     const gate = gatedDownload(bm, s.name, s.v2.bytes, size - 100, size >> 1);
     const first = startPass(s.host, bm.api);
     try {
-      await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === size - 100, () => `the first download\n${s.host.log()}`);
+      await until(() => gate.downloading(first.pid, s.partial, 0), () => `the first download\n${s.host.log()}`);
       rmSync(s.lock); // what the old script does to a lock it judges in its way; it knows nothing of holder records
       const second = startPass(s.host, bm.api);
-      await until(() => hasOpen(second.pid, s.partial) && statSync(s.partial).size === size >> 1, () => `the second download\n${s.host.log()}`);
+      await until(() => gate.downloading(second.pid, s.partial, 1), () => `the second download\n${s.host.log()}`);
       gate.open(0);
       // The first run's partial file is now the second run's, half written: it must not be renamed over the binary.
       const firstRun = await first.done;
@@ -291,7 +291,7 @@ describe("obsolete work ended, nothing else signalled", () => {
     const v3 = artifact(serviceScript({ tag: "switch-v3" }));
     const gate = gatedDownload(bm, s.name, s.v2.bytes, 4096);
     const first = startPass(s.host, bm.api);
-    await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === 4096, () => `the first download\n${s.host.log()}`);
+    await until(() => gate.downloading(first.pid, s.partial), () => `the first download\n${s.host.log()}`);
     const bait = decoy(s, { holding: s.lock }); // has the old lock open, and its command line names everything
     try {
       bm.override("GET", `${API}/download/${s.name}`, null);
@@ -314,7 +314,7 @@ describe("obsolete work ended, nothing else signalled", () => {
     const s = scenario("overdue");
     const gate = gatedDownload(bm, s.name, s.v2.bytes, 4096);
     const first = startPass(s.host, bm.api, { HTTP_TIMEOUT: "120" });
-    await until(() => statSync(s.partial, { throwIfNoEntry: false })?.size === 4096, () => `the first download\n${s.host.log()}`);
+    await until(() => gate.downloading(first.pid, s.partial), () => `the first download\n${s.host.log()}`);
     const taken = Number(readFileSync(s.lock, "utf8"));
     try {
       // Younger than its timeout, the live holder keeps its lock.

@@ -7,7 +7,7 @@ import { artifact, startBinManager, type Artifact, type BinManager } from "../fi
 import { makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 import { processAlive, startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 import {
-  events, expectDone, expectWhole, gatedDownload, hasOpen, holdFileLock, holdLockDir, holdManifestLock, killPass, MANIFEST_LOCK, now,
+  events, expectDone, expectWhole, gatedDownload, hasOpen, type Gate, holdFileLock, holdLockDir, holdManifestLock, killPass, MANIFEST_LOCK, now,
   startPass, until, type Run,
 } from "./invariants.ts";
 
@@ -148,8 +148,10 @@ const stallProgress = (w: World, defer: (undo: () => void) => void) => {
   });
 };
 
+const gates = new WeakMap<World, Gate>();
 const gateDownload = (w: World, at: number, defer: (undo: () => void) => void) => {
   const gate = gatedDownload(bm, w.name, w.v2.bytes, at);
+  gates.set(w, gate);
   defer(() => {
     gate.open();
     bm.override("GET", `${API}/download/${w.name}`, null);
@@ -192,7 +194,7 @@ const cases: KillCase[] = [
   {
     name: "half downloaded",
     arrange: (w, defer) => gateDownload(w, w.v2.bytes.length >> 1, defer),
-    at: (w) => until(() => statSync(w.partial, { throwIfNoEntry: false })?.size === w.v2.bytes.length >> 1, () => "half the download"),
+    at: (w, pass) => until(() => gates.get(w)!.downloading(pass.pid, w.partial), () => "half the download"),
     left(w, found) {
       expect(found).toEqual({ onDisk: w.v1.sha256, recorded: w.v1.sha256 });
     },

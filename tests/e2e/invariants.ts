@@ -40,14 +40,26 @@ export function holdManifestLock(host: Host): () => void {
   return holdFlock(openSync(join(host.lockDir, MANIFEST_LOCK), constants.O_CREAT | constants.O_RDWR, 0o600), MANIFEST_LOCK);
 }
 
+export interface Gate {
+  /** Lets request n (every request when n is omitted) send the rest of its body. */
+  open(n?: number): void;
+  /**
+   * Request n has sent the bytes before its cut and the pass pid is writing partial: it is in the
+   * middle of that download. (The partial file's size says nothing: the pass writes whole 4 MiB
+   * blocks as they fill, and a body's end.)
+   */
+  downloading(pid: number, partial: string, n?: number): boolean;
+}
+
 /**
  * Serves name's downloads held back: the n-th request gets bytes[0..cuts[n]), then the rest once
  * open(n) is called (open() lifts every gate); requests past the cuts are served whole. A pass is
- * then mid-download for as long as the test wants, with exactly cuts[n] bytes in its partial file.
+ * then mid-download for as long as the test wants, having received exactly cuts[n] bytes.
  */
-export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, ...cuts: number[]): { open(n?: number): void } {
+export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, ...cuts: number[]): Gate {
   const opens: (() => void)[] = [];
   const gates = cuts.map(() => new Promise<void>((resolve) => opens.push(resolve)));
+  const sent: boolean[] = [];
   let requests = 0;
   bm.override("GET", `/api/v1/download/${name}`, () => {
     const n = requests++;
@@ -56,6 +68,7 @@ export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, .
       new ReadableStream<Uint8Array>({
         async start(c) {
           c.enqueue(bytes.slice(0, at));
+          sent[n] = true;
           await gates[n];
           try {
             c.enqueue(bytes.slice(at));
@@ -68,7 +81,10 @@ export function gatedDownload(bm: BinManager, name: string, bytes: Uint8Array, .
       { headers: { "content-type": "application/octet-stream" } },
     );
   });
-  return { open: (n?: number) => (n === undefined ? opens : [opens[n]!]).forEach((open) => open()) };
+  return {
+    open: (n?: number) => (n === undefined ? opens : [opens[n]!]).forEach((open) => open()),
+    downloading: (pid: number, partial: string, n = 0) => sent[n] === true && hasOpen(pid, partial),
+  };
 }
 
 /**
