@@ -265,12 +265,12 @@ try {
     `closeSync(fd);`,
     `console.log(hasher.digest("hex"));`,
   ].join("\n"));
-  // The receive path alone: Bun's fetch reading the body and hashing it, writing nothing.
+  // The receive path alone: Bun's fetch read and hashed as lib/download.ts does, nothing written.
   const fetchAlone = join(scratch, "fetch-hash-alone.ts");
   writeFileSync(fetchAlone, [
     `const hasher = new Bun.CryptoHasher("sha256");`,
-    `const res = await fetch(process.argv[2]);`,
-    `for await (const chunk of res.body) hasher.update(chunk);`,
+    `const reader = (await fetch(process.argv[2])).body.getReader();`,
+    `for (let r; !(r = await reader.read()).done; ) hasher.update(r.value);`,
     `console.log(hasher.digest("hex"));`,
   ].join("\n"));
   const url = (u: typeof big) => `${bm.api}/download/${u.name}`;
