@@ -85,7 +85,7 @@ export class DiskWriter {
   }
 
   /** Runs job after every job enqueued before it; its failure is recorded, never thrown here. */
-  private enqueue(job: () => Promise<void>): Promise<void> {
+  private enqueue(job: () => Promise<void>): void {
     const previous = this.inFlight.at(-1) ?? Promise.resolve();
     const done = previous
       .then(job)
@@ -94,7 +94,6 @@ export class DiskWriter {
       })
       .finally(() => this.inFlight.splice(this.inFlight.indexOf(done), 1));
     this.inFlight.push(done);
-    return done;
   }
 }
 
