@@ -56,6 +56,23 @@ function scenario(name: string, size = 64 * 1024): Scenario {
   return { host, name, v1, v2, lock, record: join(host.lockDir, `.${name}-${v2.sha256}.lock.holder`), partial: join(host.binDir, `.${name}.${v2.sha256}.part`) };
 }
 
+/** A pass started on s and held mid-download: the gate has sent its first `cut` bytes and the pass has the partial open. */
+async function midDownload(s: Scenario, cut: number, extra: Record<string, string> = {}) {
+  const gate = gatedDownload(bm, s.name, s.v2.bytes, cut);
+  const pass = startPass(s.host, bm.api, extra);
+  await until(() => gate.downloading(pass.pid, s.partial), () => `a pass mid-download\n${s.host.log()}`);
+  return { gate, pass };
+}
+
+/** That pass killed there (lock, holder record and partial left behind); later downloads are served whole. */
+async function killedMidDownload(s: Scenario) {
+  const { gate, pass } = await midDownload(s, 1000);
+  expect((await killPass(pass)).code).toBe(137);
+  gate.open();
+  bm.override("GET", `${API}/download/${s.name}`, null);
+  return pass;
+}
+
 const downloads = (name: string) => bm.requests.filter((r) => r.path === `${API}/download/${name}` || r.path === `${API}/releases/latest/${name}/download`);
 const binary = (s: Scenario) => sha256(readFileSync(join(s.host.binDir, s.name)));
 const startOf = (pid: number) => processStart(pid) ?? `no process ${pid}`;
@@ -127,12 +144,7 @@ describe("one winner", () => {
     test(`${CROWD} passes at once, ${present}: one download, one update, the lock file in the old format throughout`, async () => {
       const s = scenario(`crowd${i}`);
       if (present === "the lock of a pass killed mid-download") {
-        const gate = gatedDownload(bm, s.name, s.v2.bytes, 1000);
-        const victim = startPass(s.host, bm.api);
-        await until(() => gate.downloading(victim.pid, s.partial), () => `a partial download\n${s.host.log()}`);
-        expect((await killPass(victim)).code).toBe(137);
-        gate.open();
-        bm.override("GET", `${API}/download/${s.name}`, null);
+        await killedMidDownload(s);
       }
       if (present === "an old-script lock older than LOCK_TIMEOUT") writeFileSync(s.lock, `${now() - 700}\n`);
       bm.clearRequests();
@@ -184,9 +196,7 @@ describe("one winner", () => {
 
   test("a pass that checked before another finished the same update decides again under the lock: no second download", async () => {
     const s = scenario("recheck");
-    const gate = gatedDownload(bm, s.name, s.v2.bytes, 1000);
-    const winner = startPass(s.host, bm.api);
-    await until(() => gate.downloading(winner.pid, s.partial), () => `the winner's download\n${s.host.log()}`);
+    const { gate, pass: winner } = await midDownload(s, 1000);
     // Held by the test, the lock directory stops the late pass right after its check (v1 on disk),
     // and the winner when it comes to release its lock, after its update is recorded.
     const release = holdLockDir(s.host);
@@ -235,12 +245,7 @@ describe("the old script side by side", () => {
 
   test("a dead holder's record stops vouching once the old script rewrote the lock, and proves nothing while the flock is held", async () => {
     const s = scenario("rewritten");
-    const gate = gatedDownload(bm, s.name, s.v2.bytes, 1000);
-    const killed = startPass(s.host, bm.api);
-    await until(() => gate.downloading(killed.pid, s.partial), () => `a partial download\n${s.host.log()}`);
-    expect((await killPass(killed)).code).toBe(137);
-    gate.open();
-    bm.override("GET", `${API}/download/${s.name}`, null);
+    const killed = await killedMidDownload(s);
     const recorded = Number(readFileSync(s.record, "utf8").split(" ")[3]);
 
     // Someone (not bin-proxy) holds the lock's flock: the dead holder's record proves nothing.
@@ -289,9 +294,7 @@ describe("obsolete work ended, nothing else signalled", () => {
   test("the API moves on mid-download: the old downloader is terminated and its partial removed; a decoy survives", async () => {
     const s = scenario("switch");
     const v3 = artifact(serviceScript({ tag: "switch-v3" }));
-    const gate = gatedDownload(bm, s.name, s.v2.bytes, 4096);
-    const first = startPass(s.host, bm.api);
-    await until(() => gate.downloading(first.pid, s.partial), () => `the first download\n${s.host.log()}`);
+    const { gate, pass: first } = await midDownload(s, 4096);
     const bait = decoy(s, { holding: s.lock }); // has the old lock open, and its command line names everything
     try {
       bm.override("GET", `${API}/download/${s.name}`, null);
@@ -312,9 +315,7 @@ describe("obsolete work ended, nothing else signalled", () => {
 
   test("past LOCK_TIMEOUT a holder that still runs is ended before its lock is taken over", async () => {
     const s = scenario("overdue");
-    const gate = gatedDownload(bm, s.name, s.v2.bytes, 4096);
-    const first = startPass(s.host, bm.api, { HTTP_TIMEOUT: "120" });
-    await until(() => gate.downloading(first.pid, s.partial), () => `the first download\n${s.host.log()}`);
+    const { gate, pass: first } = await midDownload(s, 4096, { HTTP_TIMEOUT: "120" });
     const taken = Number(readFileSync(s.lock, "utf8"));
     try {
       // Younger than its timeout, the live holder keeps its lock.

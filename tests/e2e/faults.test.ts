@@ -13,7 +13,7 @@ import {
 } from "../fixture/bin-manager.ts";
 import { BIN_PROXY, makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 import { startSupervisor } from "../fixture/supervisor.ts";
-import { mount, unmount } from "../fixture/mount.ts";
+import { mount, mountOver, unmount } from "../fixture/mount.ts";
 import { makePki, type TestPki } from "../fixture/tls.ts";
 
 /** The API token of every run: it must never show up in any output, file or child process. */
@@ -552,10 +552,8 @@ describe("HTTPS and the token", () => {
 /** Runs mount; the error text when this machine does not allow it (not root, no CAP_SYS_ADMIN, a container). */
 /** A filesystem mounted over dir for one case (then made read-only when asked); a case that cannot have one fails with the reason. */
 function mountOrFail(w: World, dir: string, args: string[], readOnly = false): void {
-  let error = mount([...args, dir]);
-  if (!error) w.teardown.push(() => unmount(dir));
-  if (!error && readOnly) error = mount(["-o", "remount,bind,ro", dir]);
-  if (error) throw new Error(`this case needs to mount a filesystem: ${error}`);
+  w.teardown.push(mountOver(dir, args));
+  if (readOnly) mountOver(dir, ["-o", "remount,bind,ro"]);
 }
 
 function prlimit(): string {

@@ -19,7 +19,7 @@ import {
   type RecordedRequest,
 } from "../fixture/bin-manager.ts";
 import { freePort, hostPool, runBinProxy, serviceScript, spawnBinProxy, type Host, type ManifestEntry } from "../fixture/host.ts";
-import { mount, unmount } from "../fixture/mount.ts";
+import { mountOver } from "../fixture/mount.ts";
 import { processAlive, startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 
 const PKG_VERSION = (JSON.parse(readFileSync(resolve(import.meta.dir, "../../package.json"), "utf8")) as { version: string }).version;
@@ -508,10 +508,7 @@ describe("downloads", () => {
     ["ramfs, which refuses O_DIRECT (written through the page cache)", true],
   ])("a binary of several write blocks and an odd tail lands exactly on %s", async (_, onRamfs) => {
     const host = newHost();
-    if (onRamfs) {
-      const error = mount(["-t", "ramfs", "-o", "mode=0755", "ramfs", host.binDir]);
-      if (error) throw new Error(`this case needs to mount a ramfs (run it as root): ${error}`);
-    }
+    const unmountBinDir = onRamfs ? mountOver(host.binDir, ["-t", "ramfs", "-o", "mode=0755", "ramfs"]) : () => {};
     // 9 MiB + 4097 bytes: two full 4 MiB blocks, then a tail that is not a multiple of 4 KiB.
     const bytes = new Uint8Array(9 * 1024 * 1024 + 4097);
     for (let i = 0; i < bytes.length; i += 65536) crypto.getRandomValues(bytes.subarray(i, Math.min(bytes.length, i + 65536)));
@@ -524,7 +521,7 @@ describe("downloads", () => {
       expect(host.readManifest().binaries[0]!.version).toBe(big.sha256);
       expect(readdirSync(host.binDir)).toEqual(["big"]);
     } finally {
-      if (onRamfs) unmount(host.binDir);
+      unmountBinDir();
     }
   });
 });
