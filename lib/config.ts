@@ -24,7 +24,22 @@ export interface Settings {
   maxDownloadBytes: number;
   retryBackoffSec: number;
   healthTimeoutMs: number;
+  /** BIN_PROXY_TRUSTED_KEYS: minisign public keys every target must be signed by (SPEC §9). */
+  trustedKeys: { path: string; required: boolean };
+  /** BIN_PROXY_METRICS_FILE: Prometheus textfile written after every run (SPEC §11); null: none. */
+  metricsFile: string | null;
+  /** Forward proxies for every request (SPEC §10), from the environment or the config file. */
+  proxy: ProxySettings;
 }
+
+export interface ProxySettings {
+  http: string | undefined;
+  https: string | undefined;
+  /** NO_PROXY as given: comma-separated host names, domains (.example.com) and "*". */
+  noProxy: string | undefined;
+}
+
+export const DEFAULT_TRUSTED_KEYS = "/etc/bin-proxy/trusted-keys";
 
 export class ConfigError extends Error {
   /** LOG_FILE as the environment or config file set it, so that the failure can still be logged there. */
@@ -36,6 +51,8 @@ export const SETTING_KEYS = [
   "BIN_MANAGER_API", "BIN_DIR", "BIN_MANIFESTS", "LOG_FILE", "LOCK_DIR", "DOWNLOAD_BASE_URL",
   "BIN_MANAGER_TOKEN", "BIN_PROXY_STATE_DIR", "LOCK_TIMEOUT", "BIN_PROXY_SPLAY", "SUPERVISORCTL",
   "NODE_NAME", "HTTP_TIMEOUT", "MAX_DOWNLOAD_BYTES", "BIN_PROXY_RETRY_BACKOFF", "BIN_PROXY_HEALTH_TIMEOUT",
+  "BIN_PROXY_TRUSTED_KEYS", "BIN_PROXY_METRICS_FILE",
+  "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
 ] as const;
 type Key = (typeof SETTING_KEYS)[number];
 type Lookup = (key: string) => string | undefined;
@@ -190,6 +207,16 @@ export function resolveSettings(raw: (key: Key) => string | undefined): Settings
     maxDownloadBytes: integer("MAX_DOWNLOAD_BYTES", raw("MAX_DOWNLOAD_BYTES"), 4294967296, 1),
     retryBackoffSec: integer("BIN_PROXY_RETRY_BACKOFF", raw("BIN_PROXY_RETRY_BACKOFF"), 600, 0),
     healthTimeoutMs: integer("BIN_PROXY_HEALTH_TIMEOUT", raw("BIN_PROXY_HEALTH_TIMEOUT"), 30, 1) * 1000,
+    trustedKeys: raw("BIN_PROXY_TRUSTED_KEYS")
+      ? { path: absolutePath("BIN_PROXY_TRUSTED_KEYS", raw("BIN_PROXY_TRUSTED_KEYS")!), required: true }
+      : { path: DEFAULT_TRUSTED_KEYS, required: false },
+    metricsFile: raw("BIN_PROXY_METRICS_FILE") ? absolutePath("BIN_PROXY_METRICS_FILE", raw("BIN_PROXY_METRICS_FILE")!) : null,
+    proxy: {
+      // curl's order: the lower-case form first (only it, for http_proxy, in CGI-safe tools).
+      http: proxyUrl("HTTP_PROXY", raw("http_proxy") || raw("HTTP_PROXY")),
+      https: proxyUrl("HTTPS_PROXY", raw("https_proxy") || raw("HTTPS_PROXY")),
+      noProxy: raw("no_proxy") || raw("NO_PROXY") || undefined,
+    },
   };
 }
 
@@ -205,6 +232,19 @@ function url(key: Key, value: string): string {
   }
   if (parsed.username || parsed.password) throw new ConfigError(`${key} must not carry credentials; use BIN_MANAGER_TOKEN`);
   return value.replace(/\/+$/, "");
+}
+
+/** A proxy URL; credentials in it are allowed (user:pass@host), but are never logged. */
+function proxyUrl(key: Key, value: string | undefined): string | undefined {
+  if (!value) return undefined;
+  let parsed: URL;
+  try {
+    parsed = new URL(value.includes("://") ? value : `http://${value}`);
+  } catch {
+    throw new ConfigError(`${key} must be a proxy URL such as http://proxy.example:3128, got ${JSON.stringify(value.replace(/\/\/[^@/]*@/, "//…@"))}`);
+  }
+  if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new ConfigError(`${key} must be an http:// or https:// proxy URL`);
+  return parsed.href;
 }
 
 function absolutePath(key: Key, value: string): string {
