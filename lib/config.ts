@@ -17,8 +17,10 @@ export interface Settings {
   stateDir: string;
   lockTimeoutSec: number;
   splaySec: number;
-  /** null: no supervisorctl, so nothing is restarted. */
+  /** null: no supervisorctl, so nothing is restarted (see restartsDisabled for why). */
   supervisorctl: string | null;
+  /** SUPERVISORCTL="" said so: services are not restarted. Otherwise a null supervisorctl was not found, which fails an update whose entry names a service. */
+  restartsDisabled: boolean;
   nodeName: string;
   httpTimeoutMs: number;
   maxDownloadBytes: number;
@@ -202,6 +204,7 @@ export function resolveSettings(raw: (key: Key) => string | undefined): Settings
     lockTimeoutSec: integer("LOCK_TIMEOUT", raw("LOCK_TIMEOUT"), 600, 1),
     splaySec: integer("BIN_PROXY_SPLAY", raw("BIN_PROXY_SPLAY"), 0, 0),
     supervisorctl: supervisorctlPath(raw("SUPERVISORCTL")),
+    restartsDisabled: raw("SUPERVISORCTL") === "",
     nodeName,
     httpTimeoutMs: integer("HTTP_TIMEOUT", raw("HTTP_TIMEOUT"), 30, 1) * 1000,
     maxDownloadBytes: integer("MAX_DOWNLOAD_BYTES", raw("MAX_DOWNLOAD_BYTES"), 4294967296, 1),
