@@ -16,12 +16,13 @@ const MAX_REDIRECTS = 5;
  */
 export async function request(
   url: string,
-  init: { method: "GET" | "POST"; body?: string; signal: AbortSignal },
+  init: { method: "GET" | "POST"; body?: string; signal: AbortSignal; headers?: Record<string, string> },
   policy: HttpPolicy,
 ): Promise<Response> {
   let current = new URL(url);
   for (let hop = 0; ; hop++) {
-    const headers: Record<string, string> = { "user-agent": "bin-proxy" };
+    // The caller's headers (a download's Range) go to every hop: a redirect names where the same bytes are.
+    const headers: Record<string, string> = { "user-agent": "bin-proxy", ...init.headers };
     if (init.body !== undefined) headers["content-type"] = "application/json";
     if (policy.token && current.origin === policy.tokenOrigin) headers.authorization = `Bearer ${policy.token}`;
     let res: Response;
