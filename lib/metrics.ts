@@ -1,0 +1,490 @@
+// Owns the Prometheus textfile (SPEC §11): what a run tells it, the counters kept across runs, and the atomic 0644 write.
+import { closeSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { createExclusive, removeIfPresent, replaceAtomically, sweepOrphanTemps, tempPathFor, writeAll, writeFileAtomic } from "./fsx.ts";
+import { short, type Sha256 } from "./hash.ts";
+import { errorText } from "./log.ts";
+import { nameProblem } from "./manifest.ts";
+import { COMMIT, VERSION } from "./version.ts";
+
+export const RUN_KINDS = ["pass", "status", "rollback", "retry", "config-error"] as const;
+export type RunKind = (typeof RUN_KINDS)[number];
+
+/** What one run of bin-proxy tells the metrics: filled in by the pass or the operator command that ran. */
+export interface RunMetrics {
+  kind: RunKind;
+  startedAt: Date;
+  durationMs: number;
+  exitCode: number;
+  /** Whether every target must be signed (SPEC §9); null: not known (the trusted keys were not read). */
+  signaturesRequired: boolean | null;
+  /** Every managed binary; null: the manifest could not be read, so what is known of each is kept from earlier runs. */
+  binaries: BinaryMetrics[] | null;
+}
+
+export interface BinaryMetrics {
+  name: string;
+  /** SHA-256 of the file on disk after the run; null: no file. */
+  installed: Sha256 | null;
+  /** The API's target; null or absent: this run did not learn it (status, an API error), so the last known one is kept. */
+  target?: Sha256 | null;
+  /** The API's release name for target (`data.version`). */
+  targetVersion?: string;
+  held: boolean;
+  /** Consecutive failures of the held target (0 when not held, or held by `rollback`). */
+  holdFailures: number;
+  /** An update attempt is recorded and not committed (SPEC §12). */
+  uncommitted: boolean;
+  /** What happened to the binary in this run; each true counts once. */
+  event?: BinaryEvent;
+}
+
+export interface BinaryEvent {
+  updated?: boolean;
+  failed?: boolean;
+  rolledBack?: boolean;
+  /** Bytes received by downloads of this run, successful or not. */
+  downloadedBytes?: number;
+}
+
+/** The last pass as `status` shows it; at is when it ended. */
+export interface RunRecord {
+  kind: RunKind;
+  at: string;
+  durationMs: number;
+  exitCode: number;
+}
+
+interface Counters {
+  updates: number;
+  failures: number;
+  rollbacks: number;
+  downloadedBytes: number;
+}
+
+interface BinaryState {
+  /** Short (12 hex) hashes: all the metrics ever show. */
+  installed: string | null;
+  target: string | null;
+  targetVersion: string;
+  held: boolean;
+  holdFailures: number;
+  uncommitted: boolean;
+  counters: Counters;
+}
+
+/** Everything the metrics file shows, kept under the state dir between runs. */
+export interface MetricsState {
+  runs: Record<RunKind, number>;
+  lastRun: RunRecord | null;
+  /** The last pass (or configuration error: a cron run that could not start is a failed pass). */
+  lastPass: RunRecord | null;
+  lastSuccessAt: string | null;
+  signaturesRequired: boolean | null;
+  binaries: Record<string, BinaryState>;
+}
+
+const STATE_FILE = "metrics-state.json";
+const STATE_FORMAT = 1;
+const SHORT_HEX = /^[0-9a-f]{12}$/;
+/** An API release name is shown as a label: kept printable and short, so one odd value cannot bloat the file. */
+const MAX_VERSION_NAME = 64;
+
+export function metricsStatePath(stateDir: string): string {
+  return join(stateDir, STATE_FILE);
+}
+
+export function emptyState(): MetricsState {
+  return { runs: { pass: 0, status: 0, rollback: 0, retry: 0, "config-error": 0 }, lastRun: null, lastPass: null, lastSuccessAt: null, signaturesRequired: null, binaries: {} };
+}
+
+const zeroCounters = (): Counters => ({ updates: 0, failures: 0, rollbacks: 0, downloadedBytes: 0 });
+const latest = (a: RunRecord | null, b: RunRecord | null): RunRecord | null => (!a ? b : !b ? a : Date.parse(b.at) > Date.parse(a.at) ? b : a);
+const laterTime = (a: string | null, b: string | null): string | null => (!a ? b : !b ? a : Date.parse(b) > Date.parse(a) ? b : a);
+const count = (n: number | undefined): number => (Number.isSafeInteger(n) && n! > 0 ? n! : 0);
+
+/** A release name as a label may show it: printable ASCII, at most MAX_VERSION_NAME characters. */
+function versionLabel(name: string | undefined): string {
+  return (name ?? "").replace(/[^\x20-\x7e]/g, "?").slice(0, MAX_VERSION_NAME);
+}
+
+/**
+ * The state after run (pure). Counters only grow; facts a run did not learn (a target, or every
+ * binary when the manifest was unreadable) are kept from before; binaries no longer in a readable
+ * manifest are dropped, with their counters.
+ */
+export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState {
+  const record: RunRecord = {
+    kind: run.kind,
+    at: new Date(run.startedAt.getTime() + run.durationMs).toISOString(),
+    durationMs: Math.max(0, Math.round(run.durationMs)),
+    exitCode: run.exitCode,
+  };
+  const countsAsPass = run.kind === "pass" || run.kind === "config-error";
+  let binaries = previous.binaries;
+  if (run.binaries !== null) {
+    binaries = {};
+    for (const b of run.binaries) {
+      const before = previous.binaries[b.name];
+      const target = b.target ? short(b.target) : (before?.target ?? null);
+      const sameTarget = target === before?.target;
+      const c = before?.counters ?? zeroCounters();
+      const e = b.event ?? {};
+      binaries[b.name] = {
+        installed: b.installed && short(b.installed),
+        target,
+        targetVersion: b.targetVersion !== undefined ? versionLabel(b.targetVersion) : sameTarget ? (before?.targetVersion ?? "") : "",
+        held: b.held,
+        holdFailures: count(b.holdFailures),
+        uncommitted: b.uncommitted,
+        counters: {
+          updates: c.updates + (e.updated ? 1 : 0),
+          failures: c.failures + (e.failed ? 1 : 0),
+          rollbacks: c.rollbacks + (e.rolledBack ? 1 : 0),
+          downloadedBytes: c.downloadedBytes + count(e.downloadedBytes),
+        },
+      };
+    }
+  }
+  return {
+    runs: { ...previous.runs, [run.kind]: previous.runs[run.kind] + 1 },
+    lastRun: record,
+    lastPass: countsAsPass ? record : previous.lastPass,
+    lastSuccessAt: run.kind === "pass" && run.exitCode === 0 ? record.at : previous.lastSuccessAt,
+    signaturesRequired: run.signaturesRequired ?? previous.signaturesRequired,
+    binaries,
+  };
+}
+
+/**
+ * Two accounts of the same history (the state file, and the last metrics file written): facts from
+ * primary, every counter and time the larger of both. A run that could only write the metrics file
+ * (a configuration error naming no state dir) or a state file lost to a crash or garbage never
+ * makes a counter go back.
+ */
+export function mergeStates(primary: MetricsState, other: MetricsState): MetricsState {
+  const binaries: Record<string, BinaryState> = {};
+  for (const [name, b] of Object.entries(primary.binaries)) {
+    const o = other.binaries[name]?.counters ?? zeroCounters();
+    binaries[name] = {
+      ...b,
+      counters: {
+        updates: Math.max(b.counters.updates, o.updates),
+        failures: Math.max(b.counters.failures, o.failures),
+        rollbacks: Math.max(b.counters.rollbacks, o.rollbacks),
+        downloadedBytes: Math.max(b.counters.downloadedBytes, o.downloadedBytes),
+      },
+    };
+  }
+  const runs = { ...primary.runs };
+  for (const kind of RUN_KINDS) runs[kind] = Math.max(primary.runs[kind], other.runs[kind]);
+  return {
+    runs,
+    lastRun: latest(primary.lastRun, other.lastRun),
+    lastPass: latest(primary.lastPass, other.lastPass),
+    lastSuccessAt: laterTime(primary.lastSuccessAt, other.lastSuccessAt),
+    signaturesRequired: primary.signaturesRequired ?? other.signaturesRequired,
+    binaries,
+  };
+}
+
+// ---- the exposition text ----
+
+type Labels = Record<string, string>;
+interface Family {
+  name: string;
+  type: "gauge" | "counter";
+  help: string;
+  samples: { labels: Labels; value: number }[];
+}
+
+const escapeLabel = (v: string): string => v.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+const seconds = (ms: number): number => Math.round(ms) / 1000;
+const flag = (b: boolean): number => (b ? 1 : 0);
+
+function families(state: MetricsState): Family[] {
+  const names = Object.keys(state.binaries).sort();
+  const perBinary = (name: string, type: Family["type"], help: string, value: (b: BinaryState) => number | null): Family => ({
+    name,
+    type,
+    help,
+    samples: names.flatMap((n) => {
+      const v = value(state.binaries[n]!);
+      return v === null ? [] : [{ labels: { name: n }, value: v }];
+    }),
+  });
+  const one = (name: string, help: string, value: number | null): Family => ({ name, type: "gauge", help, samples: value === null ? [] : [{ labels: {}, value }] });
+  const run = (prefix: string, what: string, r: RunRecord | null): Family[] => [
+    one(`${prefix}_timestamp_seconds`, `When the last ${what} ended, in seconds since the epoch.`, r && seconds(Date.parse(r.at))),
+    one(`${prefix}_duration_seconds`, `How long the last ${what} took.`, r && seconds(r.durationMs)),
+    one(`${prefix}_exit_code`, `Exit status of the last ${what}: 0 ok, 1 a binary failed, 2 usage or configuration error.`, r && r.exitCode),
+  ];
+  return [
+    { name: "bin_proxy_build_info", type: "gauge", help: "The bin-proxy build that wrote this file.", samples: [{ labels: { version: VERSION, commit: COMMIT }, value: 1 }] },
+    one("bin_proxy_config_ok", "1 when the last run could read its configuration and manifest, 0 on a configuration error.", flag(state.lastRun?.kind !== "config-error")),
+    one("bin_proxy_signatures_required", "1 when every target must be signed by a trusted key, 0 when targets are not signature-checked.", state.signaturesRequired === null ? null : flag(state.signaturesRequired)),
+    ...run("bin_proxy_last_run", "run of any kind", state.lastRun),
+    {
+      name: "bin_proxy_last_run_kind",
+      type: "gauge",
+      help: "1 for the kind of the last run (pass, status, rollback, retry, config-error), 0 for the others.",
+      samples: state.lastRun ? RUN_KINDS.map((kind) => ({ labels: { kind }, value: flag(state.lastRun!.kind === kind) })) : [],
+    },
+    ...run("bin_proxy_last_pass", "pass (a configuration error counts as a failed pass)", state.lastPass),
+    one("bin_proxy_last_success_timestamp_seconds", "When the last pass that exited 0 ended, in seconds since the epoch; 0: never.", state.lastSuccessAt ? seconds(Date.parse(state.lastSuccessAt)) : 0),
+    { name: "bin_proxy_runs_total", type: "counter", help: "Runs of bin-proxy, by kind.", samples: RUN_KINDS.map((kind) => ({ labels: { kind }, value: state.runs[kind] })) },
+    {
+      name: "bin_proxy_binary_info",
+      type: "gauge",
+      help: "Installed and target version of each binary, as 12-hex short SHA-256 (\"\": none or not known yet), and the API's release name of the target.",
+      samples: names.map((n) => {
+        const b = state.binaries[n]!;
+        return { labels: { name: n, installed: b.installed ?? "", target: b.target ?? "", target_version: b.targetVersion }, value: 1 };
+      }),
+    },
+    perBinary("bin_proxy_binary_up_to_date", "gauge", "1 when the installed version is the API's target, 0 when not; absent until a pass has learnt the target.", (b) => (b.target === null ? null : flag(b.installed === b.target))),
+    perBinary("bin_proxy_binary_held", "gauge", "1 while a failed or rolled-back target is held (not retried before its backoff ends).", (b) => flag(b.held)),
+    perBinary("bin_proxy_binary_hold_failures", "gauge", "Consecutive failures of the held target.", (b) => b.holdFailures),
+    perBinary("bin_proxy_binary_attempt_uncommitted", "gauge", "1 when an update attempt is recorded and not committed (its pass was killed).", (b) => flag(b.uncommitted)),
+    perBinary("bin_proxy_updates_total", "counter", "Updates installed and committed.", (b) => b.counters.updates),
+    perBinary("bin_proxy_update_failures_total", "counter", "Updates that failed (download, verification, install, restart or health check).", (b) => b.counters.failures),
+    perBinary("bin_proxy_rollbacks_total", "counter", "Rollbacks, automatic or by `bin-proxy rollback`.", (b) => b.counters.rollbacks),
+    perBinary("bin_proxy_downloaded_bytes_total", "counter", "Bytes received by downloads, successful or not.", (b) => b.counters.downloadedBytes),
+  ].filter((f) => f.samples.length > 0);
+}
+
+/** The metrics file's text (pure): HELP and TYPE lines, then the samples, in the text exposition format. */
+export function renderMetrics(state: MetricsState): string {
+  const lines: string[] = [];
+  for (const f of families(state)) {
+    lines.push(`# HELP ${f.name} ${f.help.replaceAll("\\", "\\\\")}`, `# TYPE ${f.name} ${f.type}`);
+    for (const s of f.samples) {
+      const labels = Object.entries(s.labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+      lines.push(`${f.name}${labels.length > 0 ? `{${labels.join(",")}}` : ""} ${s.value}`);
+    }
+  }
+  return lines.join("\n") + "\n";
+}
+
+// ---- reading back what earlier runs left ----
+
+export interface Sample {
+  name: string;
+  labels: Labels;
+  value: number;
+}
+
+const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$/;
+const LABEL = /\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?/y;
+
+/** The samples of an exposition text; lines it cannot read are skipped (the file may not be ours). */
+export function parseExposition(text: string): Sample[] {
+  return text.split("\n").flatMap((line) => {
+    const m = line.startsWith("#") ? null : SAMPLE.exec(line.trim());
+    if (!m) return [];
+    const labels: Labels = {};
+    const body = m[2] ?? "";
+    LABEL.lastIndex = 0;
+    while (LABEL.lastIndex < body.length) {
+      const start = LABEL.lastIndex;
+      const l = LABEL.exec(body);
+      if (!l || LABEL.lastIndex === start) return [];
+      labels[l[1]!] = l[2]!.replace(/\\(.)/g, (_, c: string) => (c === "n" ? "\n" : c));
+    }
+    const value = Number(m[3]);
+    return Number.isFinite(value) ? [{ name: m[1]!, labels, value }] : [];
+  });
+}
+
+/** What a metrics file this module wrote says of the state; anything not understood is left out. */
+export function stateFromMetrics(samples: Sample[]): MetricsState {
+  const state = emptyState();
+  const get = (name: string, labels: Labels = {}): number | null =>
+    samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value ?? null;
+  const iso = (sec: number | null): string | null => (sec === null || sec <= 0 ? null : new Date(Math.round(sec * 1000)).toISOString());
+  const record = (prefix: string, kind: RunKind | null): RunRecord | null => {
+    const at = iso(get(`${prefix}_timestamp_seconds`));
+    const durationSec = get(`${prefix}_duration_seconds`);
+    const exitCode = get(`${prefix}_exit_code`);
+    if (!at || !kind || durationSec === null || exitCode === null || !Number.isInteger(exitCode)) return null;
+    return { kind, at, durationMs: Math.round(durationSec * 1000), exitCode };
+  };
+  for (const kind of RUN_KINDS) state.runs[kind] = count(get("bin_proxy_runs_total", { kind }) ?? 0);
+  state.lastRun = record("bin_proxy_last_run", RUN_KINDS.find((kind) => get("bin_proxy_last_run_kind", { kind }) === 1) ?? null);
+  // The last pass was a configuration error exactly when the last run was one and ended then.
+  const passKind = state.lastRun?.kind === "config-error" && get("bin_proxy_last_pass_timestamp_seconds") === get("bin_proxy_last_run_timestamp_seconds") ? "config-error" : "pass";
+  state.lastPass = record("bin_proxy_last_pass", passKind);
+  state.lastSuccessAt = iso(get("bin_proxy_last_success_timestamp_seconds"));
+  const signatures = get("bin_proxy_signatures_required");
+  state.signaturesRequired = signatures === null ? null : signatures === 1;
+  for (const info of samples.filter((s) => s.name === "bin_proxy_binary_info")) {
+    const { name = "", installed = "", target = "", target_version = "" } = info.labels;
+    if (nameProblem(name)) continue;
+    const of = (metric: string) => count(get(metric, { name }) ?? 0);
+    state.binaries[name] = {
+      installed: SHORT_HEX.test(installed) ? installed : null,
+      target: SHORT_HEX.test(target) ? target : null,
+      targetVersion: versionLabel(target_version),
+      held: of("bin_proxy_binary_held") === 1,
+      holdFailures: of("bin_proxy_binary_hold_failures"),
+      uncommitted: of("bin_proxy_binary_attempt_uncommitted") === 1,
+      counters: {
+        updates: of("bin_proxy_updates_total"),
+        failures: of("bin_proxy_update_failures_total"),
+        rollbacks: of("bin_proxy_rollbacks_total"),
+        downloadedBytes: of("bin_proxy_downloaded_bytes_total"),
+      },
+    };
+  }
+  return state;
+}
+
+// ---- the state file ----
+
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+const isTime = (v: unknown): v is string => typeof v === "string" && !Number.isNaN(Date.parse(v));
+const isShortOrNull = (v: unknown): v is string | null => v === null || (typeof v === "string" && SHORT_HEX.test(v));
+
+function parseRecord(v: unknown): RunRecord | null | undefined {
+  if (v === null) return null;
+  if (!isObject(v) || !(RUN_KINDS as readonly unknown[]).includes(v.kind) || !isTime(v.at) || !isCount(v.durationMs) || !Number.isInteger(v.exitCode)) return undefined;
+  return { kind: v.kind as RunKind, at: v.at, durationMs: v.durationMs, exitCode: v.exitCode as number };
+}
+
+function parseBinary(v: unknown): BinaryState | undefined {
+  if (!isObject(v) || !isObject(v.counters)) return undefined;
+  const { installed, target, targetVersion, held, holdFailures, uncommitted, counters: c } = v;
+  if (!isShortOrNull(installed) || !isShortOrNull(target) || typeof targetVersion !== "string" || typeof held !== "boolean" || !isCount(holdFailures) || typeof uncommitted !== "boolean") return undefined;
+  if (![c.updates, c.failures, c.rollbacks, c.downloadedBytes].every(isCount)) return undefined;
+  const counters = c as unknown as Counters;
+  return { installed, target, targetVersion: versionLabel(targetVersion), held, holdFailures, uncommitted, counters: { updates: counters.updates, failures: counters.failures, rollbacks: counters.rollbacks, downloadedBytes: counters.downloadedBytes } };
+}
+
+export class MetricsStateError extends Error {}
+
+/** Validates the state file's text into a MetricsState; throws MetricsStateError naming what is wrong. */
+export function parseMetricsState(text: string): MetricsState {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (err) {
+    throw new MetricsStateError(`not valid JSON: ${(err as Error).message}`);
+  }
+  if (!isObject(doc) || doc.format !== STATE_FORMAT) throw new MetricsStateError(`not a format ${STATE_FORMAT} metrics state`);
+  const state = emptyState();
+  if (!isObject(doc.runs) || !RUN_KINDS.every((kind) => isCount((doc.runs as Json)[kind]))) throw new MetricsStateError("runs must count every run kind");
+  for (const kind of RUN_KINDS) state.runs[kind] = (doc.runs as Json)[kind] as number;
+  const lastRun = parseRecord(doc.lastRun);
+  const lastPass = parseRecord(doc.lastPass);
+  if (lastRun === undefined || lastPass === undefined) throw new MetricsStateError("lastRun and lastPass must be null or {kind, at, durationMs, exitCode}");
+  if (!(doc.lastSuccessAt === null || isTime(doc.lastSuccessAt))) throw new MetricsStateError("lastSuccessAt must be null or a time");
+  if (!(doc.signaturesRequired === null || typeof doc.signaturesRequired === "boolean")) throw new MetricsStateError("signaturesRequired must be null or a boolean");
+  if (!isObject(doc.binaries)) throw new MetricsStateError("binaries must be an object");
+  for (const [name, raw] of Object.entries(doc.binaries)) {
+    const b = parseBinary(raw);
+    if (nameProblem(name) || !b) throw new MetricsStateError(`binaries.${JSON.stringify(name).slice(0, 80)} is not valid`);
+    state.binaries[name] = b;
+  }
+  return { ...state, lastRun, lastPass, lastSuccessAt: doc.lastSuccessAt as string | null, signaturesRequired: doc.signaturesRequired as boolean | null };
+}
+
+export function formatMetricsState(state: MetricsState): string {
+  return JSON.stringify({ format: STATE_FORMAT, ...state }, null, 2) + "\n";
+}
+
+/** The last pass recorded under stateDir, for `status`; null when none was, or the file cannot be read. */
+export function readLastPass(stateDir: string): RunRecord | null {
+  try {
+    return parseMetricsState(readFileSync(metricsStatePath(stateDir), "utf8")).lastPass;
+  } catch {
+    return null;
+  }
+}
+
+function readText(path: string): string | null {
+  try {
+    return readFileSync(path, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw err;
+  }
+}
+
+/** Writes the metrics file: atomically (never torn for node_exporter) and always 0644, since node_exporter runs as another user. */
+function writePublicFile(dest: string, text: string): void {
+  const temp = tempPathFor(dest);
+  removeIfPresent(temp); // only a dead process of our own pid can have left it
+  const fd = createExclusive(temp, 0o600);
+  try {
+    try {
+      writeAll(fd, Buffer.from(text));
+    } catch (err) {
+      closeSync(fd);
+      throw err;
+    }
+    replaceAtomically(fd, temp, dest, { mode: 0o644, uid: process.getuid!(), gid: process.getgid!() });
+  } catch (err) {
+    removeIfPresent(temp);
+    throw err;
+  }
+}
+
+/**
+ * Records one run: merges it into the state kept under stateDir (when that directory exists) and
+ * rewrites metricsFile (when set). Never throws: returns what went wrong, for the caller to log, or
+ * null. A state file that is garbage is replaced, starting from what the last metrics file says
+ * (else from zero), and said so.
+ */
+export function recordRun(metricsFile: string | null, stateDir: string | null, run: RunMetrics): string | null {
+  const problems: string[] = [];
+  const statePath = stateDir === null ? null : metricsStatePath(stateDir);
+  let saved: MetricsState | null = null;
+  let published: MetricsState | null = null;
+  if (statePath) {
+    try {
+      const text = readText(statePath);
+      if (text !== null) saved = parseMetricsState(text);
+    } catch (err) {
+      problems.push(`metrics state ${statePath} is unusable (${errorText(err)}); starting from ${metricsFile ? "the last metrics file" : "zero"}`);
+    }
+  }
+  if (metricsFile) {
+    try {
+      const text = readText(metricsFile);
+      if (text !== null) published = stateFromMetrics(parseExposition(text));
+    } catch (err) {
+      problems.push(`cannot read ${metricsFile}: ${errorText(err)}`);
+    }
+  }
+  const previous = saved && published ? mergeStates(saved, published) : (saved ?? published ?? emptyState());
+  const next = applyRun(previous, run);
+  if (statePath) {
+    try {
+      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 });
+    } catch (err) {
+      // ENOENT: no state dir (status on a host that never ran a pass): the metrics file still says it all.
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") problems.push(`cannot save ${statePath}: ${errorText(err)}`);
+    }
+  }
+  if (metricsFile) {
+    try {
+      sweepOrphanTemps(metricsFile);
+      writePublicFile(metricsFile, renderMetrics(next));
+    } catch (err) {
+      problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
+    }
+  }
+  return problems.length > 0 ? problems.join("; ") : null;
+}
+
+/**
+ * A configuration error: the settings are not known, but the metrics file's path may be (from the
+ * environment or the config file), and the state dir's. The file then says `bin_proxy_config_ok 0`
+ * and keeps every count and fact of earlier runs. The error's text is not written: the file is
+ * world-readable and the log has it.
+ */
+export function recordConfigError(metricsFile: string, stateDir: string | null, startedAt: Date, now = new Date()): string | null {
+  return recordRun(metricsFile, stateDir, { kind: "config-error", startedAt, durationMs: now.getTime() - startedAt.getTime(), exitCode: 2, signaturesRequired: null, binaries: null });
+}
