@@ -28,8 +28,13 @@ export function unameMachine(bunMachine: string, platform: string): string {
   return bunMachine === "arm64" && platform === "linux" ? "aarch64" : bunMachine;
 }
 
+/** This host's architecture as `uname -m` prints it: what the API is told (cpuArch) and what a download must be built for. */
+export function hostCpuArch(): string {
+  return unameMachine(machine(), process.platform);
+}
+
 export function gatherNodeInfo(nodeName: string, binProxyVersion: string): NodeInfo {
-  return { cpuArch: unameMachine(machine(), process.platform), osRelease: osRelease(), nodeName, binProxyVersion };
+  return { cpuArch: hostCpuArch(), osRelease: osRelease(), nodeName, binProxyVersion };
 }
 
 export function sameNodeInfo(a: Partial<NodeInfo>, b: NodeInfo): boolean {
