@@ -219,7 +219,7 @@ function families(state: MetricsState): Family[] {
     one(`${prefix}_duration_seconds`, `How long the last ${what} took.`, r && seconds(r.durationMs)),
     one(`${prefix}_exit_code`, `Exit status of the last ${what}: 0 ok, 1 a binary failed, 2 usage or configuration error.`, r && r.exitCode),
   ];
-  return [
+  const all: Family[] = [
     { name: "bin_proxy_build_info", type: "gauge", help: "The bin-proxy build that wrote this file.", samples: [{ labels: { version: VERSION, commit: COMMIT }, value: 1 }] },
     one("bin_proxy_config_ok", "1 when the last run could read its configuration and manifest, 0 on a configuration error.", flag(state.lastRun?.kind !== "config-error")),
     one("bin_proxy_signatures_required", "1 when every target must be signed by a trusted key, 0 when targets are not signature-checked.", state.signaturesRequired === null ? null : flag(state.signaturesRequired)),
@@ -250,7 +250,8 @@ function families(state: MetricsState): Family[] {
     perBinary("bin_proxy_update_failures_total", "counter", "Updates that failed (download, verification, install, restart or health check).", (b) => b.counters.failures),
     perBinary("bin_proxy_rollbacks_total", "counter", "Rollbacks, automatic or by `bin-proxy rollback`.", (b) => b.counters.rollbacks),
     perBinary("bin_proxy_downloaded_bytes_total", "counter", "Bytes received by downloads, successful or not.", (b) => b.counters.downloadedBytes),
-  ].filter((f) => f.samples.length > 0);
+  ];
+  return all.filter((f) => f.samples.length > 0);
 }
 
 /** The metrics file's text (pure): HELP and TYPE lines, then the samples, in the text exposition format. */
@@ -299,8 +300,9 @@ export function parseExposition(text: string): Sample[] {
 /** What a metrics file this module wrote says of the state; anything not understood is left out. */
 export function stateFromMetrics(samples: Sample[]): MetricsState {
   const state = emptyState();
-  const get = (name: string, labels: Labels = {}): number | null =>
-    samples.find((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v))?.value ?? null;
+  // Indexed by name and its one distinguishing label: a file of many binaries is read in linear time.
+  const index = new Map(samples.map((s) => [`${s.name}|${s.labels.name ?? s.labels.kind ?? ""}`, s.value]));
+  const get = (name: string, labels: { name?: string; kind?: string } = {}): number | null => index.get(`${name}|${labels.name ?? labels.kind ?? ""}`) ?? null;
   const iso = (sec: number | null): string | null => (sec === null || sec <= 0 ? null : new Date(Math.round(sec * 1000)).toISOString());
   const record = (prefix: string, kind: RunKind | null): RunRecord | null => {
     const at = iso(get(`${prefix}_timestamp_seconds`));

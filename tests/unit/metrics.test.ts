@@ -1,0 +1,341 @@
+// The metrics file (SPEC §11): each kind of run rendered, checked by promtool, counters monotonic across runs, atomic writes, served by a real node_exporter.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import type { Sha256 } from "../../lib/hash.ts";
+import {
+  metricsStatePath, parseExposition, readLastPass, recordConfigError, recordRun, renderMetrics, stateFromMetrics, applyRun, emptyState,
+  type BinaryMetrics, type RunMetrics, type Sample,
+} from "../../lib/metrics.ts";
+import { COMMIT, VERSION } from "../../lib/version.ts";
+import { promtoolCheckMetrics, promtoolCheckRules, startNodeExporter, type NodeExporter } from "../fixture/node-exporter.ts";
+
+const A = "a1".repeat(32) as Sha256;
+const B = "b2".repeat(32) as Sha256;
+const C = "c3".repeat(32) as Sha256;
+const D = "d4".repeat(32) as Sha256;
+const T0 = new Date("2026-11-25T10:00:00Z");
+const minutes = (n: number) => new Date(T0.getTime() + n * 60_000);
+
+const app = (over: Partial<BinaryMetrics> = {}): BinaryMetrics => ({ name: "app", installed: B, target: B, held: false, holdFailures: 0, uncommitted: false, ...over });
+const pass = (at: Date, binaries: BinaryMetrics[] | null, over: Partial<RunMetrics> = {}): RunMetrics => ({
+  kind: "pass", startedAt: at, durationMs: 1500, exitCode: 0, signaturesRequired: true, binaries, ...over,
+});
+
+/** The value of the one sample of name with labels (a subset); undefined when there is none. */
+function value(samples: Sample[], name: string, labels: Record<string, string> = {}): number | undefined {
+  const found = samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v));
+  if (found.length > 1) throw new Error(`${name} ${JSON.stringify(labels)} has ${found.length} samples`);
+  return found[0]?.value;
+}
+const info = (samples: Sample[], name: string) => samples.find((s) => s.name === "bin_proxy_binary_info" && s.labels.name === name)?.labels;
+
+const counterValues = (samples: Sample[]) => samples.filter((s) => s.name.endsWith("_total")).map((s) => [`${s.name}${JSON.stringify(s.labels)}`, s.value] as const);
+
+// Made at load time: the describe blocks below set up their hosts while the tests are collected.
+const dir = mkdtempSync(join(tmpdir(), "bin-proxy-metrics-"));
+let exporter: NodeExporter;
+beforeAll(async () => {
+  mkdirSync(join(dir, "textfile"));
+  exporter = await startNodeExporter(join(dir, "textfile"));
+});
+afterAll(async () => {
+  await exporter?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+let seq = 0;
+function freshHost() {
+  const root = join(dir, `host-${++seq}`);
+  const stateDir = join(root, "state");
+  mkdirSync(stateDir, { recursive: true });
+  return { root, stateDir, metricsFile: join(root, "bin_proxy.prom") };
+}
+
+/** Records run, asserts it reported nothing and promtool accepts the file, and returns the file's samples. */
+async function record(metricsFile: string, stateDir: string | null, run: RunMetrics): Promise<Sample[]> {
+  expect(recordRun(metricsFile, stateDir, run)).toBeNull();
+  const text = readFileSync(metricsFile, "utf8");
+  const check = await promtoolCheckMetrics(text);
+  expect(check.output).toBe("");
+  expect(check.ok).toBe(true);
+  return parseExposition(text);
+}
+
+describe("one host's runs, in order, on one state dir", () => {
+  const host = freshHost();
+  const seen: Sample[][] = [];
+  const run = async (r: RunMetrics) => {
+    const samples = await record(host.metricsFile, host.stateDir, r);
+    seen.push(samples);
+    return samples;
+  };
+
+  test("a first install: the binary is up to date, one update and its bytes counted, the pass a success", async () => {
+    const s = await run(pass(minutes(0), [app({ targetVersion: "1.4.0", event: { updated: true, downloadedBytes: 4096 } })]));
+    expect(value(s, "bin_proxy_build_info", { version: VERSION, commit: COMMIT })).toBe(1);
+    expect(value(s, "bin_proxy_config_ok")).toBe(1);
+    expect(value(s, "bin_proxy_signatures_required")).toBe(1);
+    expect(info(s, "app")).toEqual({ name: "app", installed: B.slice(0, 12), target: B.slice(0, 12), target_version: "1.4.0" });
+    expect(value(s, "bin_proxy_binary_up_to_date", { name: "app" })).toBe(1);
+    expect(value(s, "bin_proxy_updates_total", { name: "app" })).toBe(1);
+    expect(value(s, "bin_proxy_downloaded_bytes_total", { name: "app" })).toBe(4096);
+    expect(value(s, "bin_proxy_update_failures_total", { name: "app" })).toBe(0);
+    const end = (minutes(0).getTime() + 1500) / 1000;
+    expect(value(s, "bin_proxy_last_pass_timestamp_seconds")).toBe(end);
+    expect(value(s, "bin_proxy_last_success_timestamp_seconds")).toBe(end);
+    expect(value(s, "bin_proxy_last_pass_duration_seconds")).toBe(1.5);
+    expect(value(s, "bin_proxy_last_pass_exit_code")).toBe(0);
+    expect(value(s, "bin_proxy_last_run_kind", { kind: "pass" })).toBe(1);
+    expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(1);
+    expect(statSync(host.metricsFile).mode & 0o7777).toBe(0o644);
+  });
+
+  test("a no-op: nothing counted but the run; the success time moves on", async () => {
+    const s = await run(pass(minutes(1), [app()], { durationMs: 40 }));
+    expect(value(s, "bin_proxy_updates_total", { name: "app" })).toBe(1);
+    expect(value(s, "bin_proxy_downloaded_bytes_total", { name: "app" })).toBe(4096);
+    expect(value(s, "bin_proxy_last_success_timestamp_seconds")).toBe((minutes(1).getTime() + 40) / 1000);
+    expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(2);
+    // The release name stays with its target when a pass does not repeat it.
+    expect(info(s, "app")?.target_version).toBe("1.4.0");
+  });
+
+  test("an update: the new installed version, a second update counted", async () => {
+    const s = await run(pass(minutes(2), [app({ installed: C, target: C, targetVersion: "1.5.0", event: { updated: true, downloadedBytes: 8192 } })]));
+    expect(info(s, "app")).toMatchObject({ installed: C.slice(0, 12), target: C.slice(0, 12), target_version: "1.5.0" });
+    expect(value(s, "bin_proxy_updates_total", { name: "app" })).toBe(2);
+    expect(value(s, "bin_proxy_downloaded_bytes_total", { name: "app" })).toBe(4096 + 8192);
+  });
+
+  test("a failed update, held: not up to date, held with its failure count, a failure and an automatic rollback counted, exit 1", async () => {
+    const failedAt = minutes(3);
+    const s = await run(pass(failedAt, [app({ installed: C, target: D, held: true, holdFailures: 1, event: { failed: true, rolledBack: true, downloadedBytes: 100 } })], { exitCode: 1 }));
+    expect(info(s, "app")).toMatchObject({ installed: C.slice(0, 12), target: D.slice(0, 12), target_version: "" });
+    expect(value(s, "bin_proxy_binary_up_to_date", { name: "app" })).toBe(0);
+    expect(value(s, "bin_proxy_binary_held", { name: "app" })).toBe(1);
+    expect(value(s, "bin_proxy_binary_hold_failures", { name: "app" })).toBe(1);
+    expect(value(s, "bin_proxy_update_failures_total", { name: "app" })).toBe(1);
+    expect(value(s, "bin_proxy_rollbacks_total", { name: "app" })).toBe(1);
+    expect(value(s, "bin_proxy_last_pass_exit_code")).toBe(1);
+    // The last success is still the update's pass.
+    expect(value(s, "bin_proxy_last_success_timestamp_seconds")).toBe((minutes(2).getTime() + 1500) / 1000);
+    expect((await exporter.scrape()).length).toBeGreaterThan(0);
+  });
+
+  test("`status` learns no target: the last known one and the verdict stay; the last pass stays the failed one", async () => {
+    const s = await run({ kind: "status", startedAt: minutes(4), durationMs: 12, exitCode: 0, signaturesRequired: null, binaries: [app({ installed: C, target: null, held: true, holdFailures: 1 })] });
+    expect(info(s, "app")?.target).toBe(D.slice(0, 12));
+    expect(value(s, "bin_proxy_binary_up_to_date", { name: "app" })).toBe(0);
+    expect(value(s, "bin_proxy_signatures_required")).toBe(1);
+    expect(value(s, "bin_proxy_last_run_kind", { kind: "status" })).toBe(1);
+    expect(value(s, "bin_proxy_last_pass_exit_code")).toBe(1);
+    expect(value(s, "bin_proxy_runs_total", { kind: "status" })).toBe(1);
+  });
+
+  test("`rollback`: back to the previous version, held by the operator (no failures), one more rollback", async () => {
+    const s = await run({ kind: "rollback", startedAt: minutes(5), durationMs: 900, exitCode: 0, signaturesRequired: true, binaries: [app({ installed: B, target: undefined, held: true, holdFailures: 0, event: { rolledBack: true } })] });
+    expect(info(s, "app")).toMatchObject({ installed: B.slice(0, 12), target: D.slice(0, 12) });
+    expect(value(s, "bin_proxy_rollbacks_total", { name: "app" })).toBe(2);
+    expect(value(s, "bin_proxy_binary_hold_failures", { name: "app" })).toBe(0);
+    expect(value(s, "bin_proxy_last_run_exit_code")).toBe(0);
+  });
+
+  test("a configuration error knowing only the metrics file: config_ok 0, a failed pass, every count and fact kept", async () => {
+    expect(recordConfigError(host.metricsFile, null, minutes(6), new Date(minutes(6).getTime() + 3))).toBeNull();
+    const text = readFileSync(host.metricsFile, "utf8");
+    expect((await promtoolCheckMetrics(text)).output).toBe("");
+    const s = parseExposition(text);
+    seen.push(s);
+    expect(value(s, "bin_proxy_config_ok")).toBe(0);
+    expect(value(s, "bin_proxy_last_pass_exit_code")).toBe(2);
+    expect(value(s, "bin_proxy_last_run_kind", { kind: "config-error" })).toBe(1);
+    expect(value(s, "bin_proxy_runs_total", { kind: "config-error" })).toBe(1);
+    expect(value(s, "bin_proxy_rollbacks_total", { name: "app" })).toBe(2);
+    expect(info(s, "app")).toMatchObject({ installed: B.slice(0, 12), target: D.slice(0, 12) });
+  });
+
+  test("the next pass, with the state dir again, counts the configuration error too (the larger of state and file)", async () => {
+    const s = await run(pass(minutes(7), [app({ installed: B, target: D, held: true, holdFailures: 0 })]));
+    expect(value(s, "bin_proxy_config_ok")).toBe(1);
+    expect(value(s, "bin_proxy_runs_total", { kind: "config-error" })).toBe(1);
+    expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(5);
+    expect(readLastPass(host.stateDir)).toEqual({ kind: "pass", at: new Date(minutes(7).getTime() + 1500).toISOString(), durationMs: 1500, exitCode: 0 });
+  });
+
+  test("a garbage state file: a warning naming it, and the counts go on from the last metrics file", async () => {
+    writeFileSync(metricsStatePath(host.stateDir), '{"format":1,"runs":{"pass":-3}}');
+    const warning = recordRun(host.metricsFile, host.stateDir, pass(minutes(8), [app({ installed: B, target: D, held: true, event: { failed: true } })], { exitCode: 1 }));
+    expect(warning).toContain(metricsStatePath(host.stateDir));
+    expect(warning).toContain("the last metrics file");
+    const s = parseExposition(readFileSync(host.metricsFile, "utf8"));
+    seen.push(s);
+    expect(value(s, "bin_proxy_update_failures_total", { name: "app" })).toBe(2);
+    expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(6);
+    // The state file is whole again.
+    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(9), [app({ installed: B, target: D, held: true })], { exitCode: 0 }))).toBeNull();
+    seen.push(parseExposition(readFileSync(host.metricsFile, "utf8")));
+  });
+
+  test("every counter only grew across all of the runs above", () => {
+    expect(seen.length).toBe(10);
+    for (let i = 1; i < seen.length; i++) {
+      const before = new Map(counterValues(seen[i - 1]!));
+      for (const [key, v] of counterValues(seen[i]!)) expect([key, v]).toEqual([key, Math.max(v, before.get(key) ?? 0)]);
+      for (const key of before.keys()) expect(new Map(counterValues(seen[i]!)).has(key)).toBe(true);
+    }
+  });
+});
+
+describe("recordRun", () => {
+  test("a garbage state file and no metrics file: counts start from zero, with a warning", () => {
+    const host = freshHost();
+    writeFileSync(metricsStatePath(host.stateDir), "\0garbage");
+    const warning = recordRun(null, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
+    expect(warning).toMatch(/metrics state .*metrics-state\.json is unusable \(not valid JSON.*starting from zero/);
+    expect(readLastPass(host.stateDir)?.exitCode).toBe(0);
+  });
+
+  test("never throws: an unwritable metrics file is reported, and the state is still saved", () => {
+    const host = freshHost();
+    const missing = join(host.root, "no-such-dir", "bin_proxy.prom");
+    expect(recordRun(missing, host.stateDir, pass(T0, [app()]))).toMatch(/cannot write .*no-such-dir\/bin_proxy\.prom: .*ENOENT/);
+    expect(readLastPass(host.stateDir)).not.toBeNull();
+  });
+
+  test("no state dir yet (status on a new host): the metrics file alone is written, nothing created", async () => {
+    const host = freshHost();
+    const stateDir = join(host.root, "never-made");
+    await record(host.metricsFile, stateDir, { kind: "status", startedAt: T0, durationMs: 5, exitCode: 1, signaturesRequired: false, binaries: [app({ installed: null, target: null })] });
+    expect(existsSync(stateDir)).toBe(false);
+  });
+
+  test("the file is always 0644, whatever mode the one it replaces had; a dead run's temp file is removed", () => {
+    const host = freshHost();
+    writeFileSync(host.metricsFile, "old\n", { mode: 0o600 });
+    chmodSync(host.metricsFile, 0o600);
+    const orphan = join(host.root, ".bin_proxy.prom.999999999.tmp");
+    writeFileSync(orphan, "half a file");
+    expect(recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]))).toBeNull();
+    expect(statSync(host.metricsFile).mode & 0o7777).toBe(0o644);
+    expect(existsSync(orphan)).toBe(false);
+  });
+
+  test("a binary that left the manifest leaves the file, counters and all; an unreadable manifest keeps every binary", () => {
+    const host = freshHost();
+    const other = app({ name: "worker", event: { updated: true } });
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app(), other]));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(1), null, { kind: "config-error", exitCode: 2, signaturesRequired: null }));
+    expect(info(parseExposition(readFileSync(host.metricsFile, "utf8")), "worker")).toBeDefined();
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]));
+    const s = parseExposition(readFileSync(host.metricsFile, "utf8"));
+    expect(s.filter((x) => x.labels.name === "worker")).toEqual([]);
+    expect(info(s, "app")).toBeDefined();
+  });
+});
+
+describe("renderMetrics", () => {
+  test("label values are escaped, a release name is kept printable and short, and the text reads back as the same state", async () => {
+    const state = applyRun(emptyState(), pass(T0, [app({ targetVersion: `v2 "beta"\\\n${"x".repeat(200)}` })]));
+    const text = renderMetrics(state);
+    expect((await promtoolCheckMetrics(text)).output).toBe("");
+    const label = info(parseExposition(text), "app")!.target_version!;
+    expect(label.startsWith('v2 "beta"\\?')).toBe(true);
+    expect(label.length).toBe(64);
+    expect(stateFromMetrics(parseExposition(text))).toEqual(state);
+  });
+
+  test("no hash is ever a counter's label; hashes appear only as 12-hex labels of bin_proxy_binary_info", () => {
+    const state = applyRun(emptyState(), pass(T0, [app({ installed: C, target: D, event: { failed: true } })]));
+    for (const s of parseExposition(renderMetrics(state))) {
+      const hexLabels = Object.values(s.labels).filter((v) => /^[0-9a-f]{12,}$/.test(v));
+      if (s.name === "bin_proxy_binary_info") expect(hexLabels.every((v) => v.length === 12)).toBe(true);
+      else expect(hexLabels).toEqual([]);
+    }
+  });
+
+  test("promtool's check is real: it refuses a counter without _total and a torn line", async () => {
+    expect((await promtoolCheckMetrics("# HELP x a\n# TYPE x counter\nx 1\n")).ok).toBe(false);
+    expect((await promtoolCheckMetrics(renderMetrics(emptyState()).slice(0, -20))).ok).toBe(false);
+  });
+});
+
+test("the file is replaced atomically: a reader polling it during many writes never sees a partial file", async () => {
+  const host = freshHost();
+  // Enough binaries that the file spans many pages: a write in place would be seen half done.
+  const script = `
+    import { recordRun } from ${JSON.stringify(resolve(import.meta.dir, "../../lib/metrics.ts"))};
+    const names = Array.from({ length: 300 }, (_, i) => "binary-" + i);
+    for (let i = 0; i < 150; i++) {
+      const problem = recordRun(${JSON.stringify(host.metricsFile)}, ${JSON.stringify(host.stateDir)}, {
+        kind: "pass", startedAt: new Date(), durationMs: i, exitCode: 0, signaturesRequired: true,
+        binaries: names.map((name) => ({ name, installed: null, target: null, held: i % 2 === 0, holdFailures: i, uncommitted: false, event: { downloadedBytes: i } })),
+      });
+      if (problem) throw new Error(problem);
+    }`;
+  const writer = Bun.spawn([process.execPath, "-e", script], { stdout: "ignore", stderr: "pipe" });
+  const writerErr = new Response(writer.stderr).text();
+  let reads = 0;
+  while (writer.exitCode === null) {
+    let text: string;
+    try {
+      text = readFileSync(host.metricsFile, "utf8");
+    } catch {
+      await Bun.sleep(0);
+      continue; // not written yet
+    }
+    reads++;
+    // binary-99 sorts last: the file's last line.
+    expect(text).toMatch(/\nbin_proxy_downloaded_bytes_total\{name="binary-99"\} \d+\n$/);
+    expect(text.match(/^bin_proxy_binary_info\{/gm)?.length).toBe(300);
+    await Bun.sleep(0);
+  }
+  expect(await writer.exited, await writerErr).toBe(0);
+  expect(reads).toBeGreaterThan(20);
+  expect((await promtoolCheckMetrics(readFileSync(host.metricsFile, "utf8"))).output).toBe("");
+}, 60_000);
+
+test("node_exporter serves bin-proxy's series after an update, a held failure and a configuration error", async () => {
+  const textfile = join(dir, "textfile", "bin_proxy.prom");
+  const stateDir = join(dir, "exporter-state");
+  mkdirSync(stateDir);
+  const scraped = async () => parseExposition(await exporter.scrape());
+  expect(recordRun(textfile, stateDir, pass(T0, [app({ installed: C, target: C, event: { updated: true, downloadedBytes: 10 } })]))).toBeNull();
+  let s = await scraped();
+  expect(value(s, "node_textfile_scrape_error")).toBe(0);
+  expect(value(s, "bin_proxy_updates_total", { name: "app" })).toBe(1);
+  expect(value(s, "bin_proxy_binary_up_to_date", { name: "app" })).toBe(1);
+
+  expect(recordRun(textfile, stateDir, pass(minutes(1), [app({ installed: C, target: D, held: true, holdFailures: 1, event: { failed: true } })], { exitCode: 1 }))).toBeNull();
+  s = await scraped();
+  expect(value(s, "bin_proxy_binary_held", { name: "app" })).toBe(1);
+  expect(value(s, "bin_proxy_update_failures_total", { name: "app" })).toBe(1);
+
+  expect(recordConfigError(textfile, stateDir, minutes(2))).toBeNull();
+  s = await scraped();
+  expect(value(s, "node_textfile_scrape_error")).toBe(0);
+  expect(value(s, "bin_proxy_config_ok")).toBe(0);
+  expect(value(s, "bin_proxy_last_pass_exit_code")).toBe(2);
+  expect(value(s, "bin_proxy_build_info", { version: VERSION, commit: COMMIT })).toBe(1);
+});
+
+describe("the README's alerting rules", () => {
+  const rulesFile = resolve(import.meta.dir, "../fixture/alerts.rules.yml");
+  test("are the fixture's, byte for byte", () => {
+    const readme = readFileSync(resolve(import.meta.dir, "../../README.md"), "utf8");
+    expect(readme.indexOf("\n## Monitoring\n")).toBeGreaterThan(0);
+    const monitoring = readme.slice(readme.indexOf("\n## Monitoring\n"));
+    const block = /\n```yaml\n([\s\S]*?)```\n/.exec(monitoring)?.[1];
+    expect(block).toBe(readFileSync(rulesFile, "utf8"));
+  });
+  test("pass promtool check rules, and name only metrics the file has", async () => {
+    const check = await promtoolCheckRules(rulesFile);
+    expect(check.output).toContain("SUCCESS: 3 rules found");
+    expect(check.ok).toBe(true);
+    const rendered = new Set(parseExposition(renderMetrics(applyRun(emptyState(), pass(T0, [app()])))).map((s) => s.name));
+    const used = readFileSync(rulesFile, "utf8").match(/bin_proxy_[a-z_]+/g) ?? [];
+    expect(used.length).toBeGreaterThan(3);
+    for (const name of used) expect([name, rendered.has(name)]).toEqual([name, true]);
+  });
+});
