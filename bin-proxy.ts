@@ -1,6 +1,6 @@
 // bin-proxy: keeps this host's supervised binaries in step with bin-manager. Start at runPass (lib/pass.ts).
 import { isAbsolute } from "node:path";
-import { ConfigError, DEFAULT_LOG_FILE, loadSettings, type Settings } from "./lib/config.ts";
+import { ConfigError, DEFAULT_LOG_FILE, loadSettings, type ConfigWarning, type Settings } from "./lib/config.ts";
 import { parseArgs, UsageError, USAGE, type Invocation } from "./lib/cli.ts";
 import { errorText, Logger, redact } from "./lib/log.ts";
 import { EXIT_CONFIG, EXIT_FAILED, runPass } from "./lib/pass.ts";
@@ -17,15 +17,16 @@ async function main(argv: string[]): Promise<number> {
     invocation = parseArgs(argv);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
-    return fatal(`${err.message}\n${USAGE}`, EXIT_CONFIG);
+    return fatal(`${err.message}\n${USAGE}`, EXIT_CONFIG, configuredLogFile(err.configPath));
   }
   const { command, configPath } = invocation;
   if (command.kind === "version") return print(versionLine());
   if (command.kind === "help") return print(USAGE);
 
   let settings: Settings;
+  let warnings: ConfigWarning[];
   try {
-    settings = loadSettings({ configFlag: configPath, env: process.env });
+    ({ settings, warnings } = loadSettings({ configFlag: configPath, env: process.env }));
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     return fatal(`configuration error: ${err.message}`, EXIT_CONFIG, err.logFile);
@@ -39,16 +40,37 @@ async function main(argv: string[]): Promise<number> {
         echo: command.verbose || interactive,
         secrets,
       });
+      logWarnings(log, warnings);
       return runPass(settings, log, { dryRun: command.dryRun, splay: !command.dryRun && !interactive, print });
     }
     case "status":
+      logWarnings(null, warnings);
       return runStatus(settings, { json: command.json, print, warn: (line) => void process.stderr.write(`bin-proxy: ${line}\n`) });
     case "rollback":
     case "retry": {
       // Run by hand: every event is echoed to stderr as well as logged.
       const log = new Logger({ file: settings.logFile, echo: true, secrets });
+      logWarnings(log, warnings);
       return command.kind === "rollback" ? rollback(settings, log, command.name, { print }) : retry(settings, log, command.name, { print });
     }
+  }
+}
+
+/** Config warnings: logged (echoed on a terminal, where someone reads them), or said on stderr where nothing is logged (status). */
+function logWarnings(log: Logger | null, warnings: ConfigWarning[]): void {
+  for (const { file, line, message } of warnings) {
+    if (log) log.warn("config_warning", { file, line, warning: message });
+    else process.stderr.write(`bin-proxy: config warning: ${file} line ${line}: ${message}\n`);
+  }
+}
+
+/** The LOG_FILE the configuration names (the --config FILE of a command line that is otherwise wrong), or undefined. */
+function configuredLogFile(configPath: string | undefined): string | undefined {
+  try {
+    return loadSettings({ configFlag: configPath, env: process.env }).settings.logFile;
+  } catch (err) {
+    if (err instanceof ConfigError) return err.logFile;
+    throw err;
   }
 }
 

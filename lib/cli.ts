@@ -12,14 +12,20 @@ export interface Invocation {
   configPath: string | undefined;
 }
 
-export class UsageError extends Error {}
+export class UsageError extends Error {
+  /** The --config FILE the command line named, if any: its LOG_FILE is where the error is logged. */
+  constructor(message: string, readonly configPath: string | undefined) {
+    super(message);
+  }
+}
 
 export const USAGE = `usage:
   bin-proxy [--once] [--dry-run] [--config FILE] [--verbose]   one pass (the default)
   bin-proxy status [--json] [--config FILE]                     local state of every managed binary
   bin-proxy rollback NAME [--config FILE]                       go back to the previous version of NAME and hold there
   bin-proxy retry NAME [--config FILE]                          clear a hold, so the next pass tries again
-  bin-proxy --version | --help`;
+  bin-proxy --version | --help | help
+-v is --verbose, -V is --version, -h is --help; --help after a command prints this too.`;
 
 const FLAGS_OF = {
   pass: ["--once", "--dry-run", "--verbose"],
@@ -28,32 +34,47 @@ const FLAGS_OF = {
   retry: [],
 } as const;
 
+/** Short flags, as their long names. -v is --verbose, as for most tools whose default action does work; -V is --version. */
+const SHORT: Record<string, string> = { "-v": "--verbose", "-V": "--version", "-h": "--help" };
+
+/** The FILE of the last --config FILE or --config=FILE in argv (the one that counts), even when the rest of argv is wrong. */
+function configPathIn(argv: string[]): string | undefined {
+  let path: string | undefined;
+  argv.forEach((arg, i) => {
+    if (arg === "--config") path = argv[i + 1] || undefined;
+    else if (arg.startsWith("--config=")) path = arg.slice("--config=".length) || undefined;
+  });
+  return path;
+}
+
 export function parseArgs(argv: string[]): Invocation {
-  if (argv.length === 1 && (argv[0] === "--version" || argv[0] === "-V")) return { command: { kind: "version" }, configPath: undefined };
-  if (argv.length === 1 && (argv[0] === "--help" || argv[0] === "-h")) return { command: { kind: "help" }, configPath: undefined };
-  const args = [...argv];
+  const configPath = configPathIn(argv);
+  const args = argv.map((arg) => SHORT[arg] ?? arg);
+  const typed = new Map(argv.map((arg) => [SHORT[arg] ?? arg, arg])); // for messages: what the operator wrote
+  if (args.length === 1 && args[0] === "--version") return { command: { kind: "version" }, configPath };
+  // `help`, `--help` alone or after any command (`status --help`): the usage, whatever else is there.
+  if (args[0] === "help" || args.includes("--help")) return { command: { kind: "help" }, configPath };
   const verb = args[0] && !args[0].startsWith("-") ? args.shift()! : "pass";
-  if (!(verb in FLAGS_OF)) throw new UsageError(`unknown command ${JSON.stringify(verb)}`);
+  if (!(verb in FLAGS_OF)) throw new UsageError(`unknown command ${JSON.stringify(verb)}`, configPath);
   const kind = verb as keyof typeof FLAGS_OF;
   const flags = new Set<string>();
   const operands: string[] = [];
-  let configPath: string | undefined;
   while (args.length > 0) {
     const arg = args.shift()!;
     if (arg === "--config" || arg.startsWith("--config=")) {
-      configPath = arg === "--config" ? args.shift() : arg.slice("--config=".length);
-      if (!configPath) throw new UsageError("--config needs a FILE");
+      const file = arg === "--config" ? args.shift() : arg.slice("--config=".length);
+      if (!file) throw new UsageError("--config needs a FILE", configPath);
     } else if ((FLAGS_OF[kind] as readonly string[]).includes(arg)) {
       flags.add(arg);
     } else if (arg.startsWith("-")) {
-      throw new UsageError(`unknown option ${JSON.stringify(arg)}${kind === "pass" ? "" : ` for ${kind}`}`);
+      throw new UsageError(`unknown option ${JSON.stringify(typed.get(arg) ?? arg)}${kind === "pass" ? "" : ` for ${kind}`}`, configPath);
     } else {
       operands.push(arg);
     }
   }
   const needsName = kind === "rollback" || kind === "retry";
   if (operands.length !== (needsName ? 1 : 0)) {
-    throw new UsageError(needsName ? `${kind} needs exactly one NAME` : `unexpected argument ${JSON.stringify(operands[0])}`);
+    throw new UsageError(needsName ? `${kind} needs exactly one NAME` : `unexpected argument ${JSON.stringify(operands[0])}`, configPath);
   }
   const command: Command =
     kind === "pass" ? { kind, dryRun: flags.has("--dry-run"), verbose: flags.has("--verbose") }

@@ -1,6 +1,6 @@
 // End-to-end tests of configuration and the command line: the crontab line, the config file sourced or read, precedence, errors.
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { hostname } from "node:os";
 import { join, resolve } from "node:path";
 import { artifact, startBinManager, type BinManager } from "../fixture/bin-manager.ts";
@@ -137,7 +137,19 @@ describe("precedence: flags > environment > file > defaults", () => {
     expect(await nodeNameWith({ NODE_NAME: undefined, BIN_PROXY_CONFIG: fileB }, ["--config", fileA])).toBe("node-from-a");
     expect(await nodeNameWith({ NODE_NAME: undefined, BIN_PROXY_CONFIG: fileB }, [`--config=${fileA}`])).toBe("node-from-a");
   });
-  test('an empty environment value is set: SUPERVISORCTL="" overrides a bad path in the file', async () => {
+  test("an empty environment value counts as unset: the file's value applies", async () => {
+    const h = newHost();
+    const app = artifact("#!/bin/sh\necho empty-env\n");
+    bm.setTarget("empty-env", app);
+    h.writeManifest([{ serviceName: "", binaryName: "empty-env", version: "", previousVersion: "", port: 0 }]);
+    const env = h.env(bm.api, { BIN_DIR: "", NODE_NAME: "" });
+    writeFileSync(env.BIN_PROXY_CONFIG!, `BIN_DIR=${h.binDir}\nNODE_NAME=node-from-file\n`);
+    const r = await runBinProxy([], env);
+    expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(readFileSync(join(h.binDir, "empty-env"))).toEqual(Buffer.from(app.bytes));
+    expect(keepaliveNode()).toBe("node-from-file");
+  });
+  test('except SUPERVISORCTL: set to "" in the environment, it disables restarts over a bad path in the file', async () => {
     const file = join(host.root, "etc", "ctl.conf");
     writeFileSync(file, "SUPERVISORCTL=/nonexistent/supervisorctl\n");
     const env: Record<string, string> = { ...host.env(bm.api), BIN_PROXY_CONFIG: file };
@@ -182,6 +194,7 @@ describe("configuration errors: exit 2, the key named, nothing touched", () => {
         expect(r.stdout).toBe("");
         expect(r.stderr).toContain(key);
         expect(r.stderr).toContain("configuration error");
+        expect(r.stderr).toContain(where === "environment" ? "(set in the environment)" : `(set in ${env.BIN_PROXY_CONFIG} line 1)`);
         expect(bm.requests).toEqual([]);
         expect(readFileSync(host.manifest, "utf8")).toBe(manifestBefore);
         expect(existsSync(join(host.binDir, "x"))).toBe(false);
@@ -230,6 +243,83 @@ describe("configuration errors: exit 2, the key named, nothing touched", () => {
   });
 });
 
+describe("config file mistakes", () => {
+  /** A host whose binary `typo` is at v1 while the API names v2, with `config` as its config file. */
+  function hostWithConfig(config: string) {
+    const h = newHost();
+    const v1 = artifact("#!/bin/sh\necho typo-v1\n");
+    h.writeBinary("typo", v1.bytes);
+    h.writeManifest([{ serviceName: "", binaryName: "typo", version: v1.sha256, previousVersion: "", port: 0 }]);
+    const env = h.env(bm.api);
+    writeFileSync(env.BIN_PROXY_CONFIG!, config);
+    return { h, env, v1, configFile: env.BIN_PROXY_CONFIG! };
+  }
+
+  test("a likely typo of a setting and spaces around = are logged as config_warning with file, line and likely key; the pass goes on", async () => {
+    const v2 = artifact("#!/bin/sh\necho typo-v2\n");
+    bm.setTarget("typo", v2);
+    const { h, env, configFile } = hostWithConfig("# site settings\nBIN_MANGER_API=http://bm.example/api/v1\nHTTP_TIMEOUT = 5\n");
+    const r = await runBinProxy([], env);
+    // Not on a terminal (cron): nothing on stderr, so cron does not mail it every minute.
+    expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(readFileSync(join(h.binDir, "typo"))).toEqual(Buffer.from(v2.bytes));
+    const warnings = h.log().split("\n").filter((l) => l.includes("event=config_warning"));
+    expect(warnings).toHaveLength(2);
+    expect(warnings[0]).toMatch(new RegExp(` level=warn event=config_warning file=${configFile} line=2 warning="BIN_MANGER_API is not a bin-proxy setting and is ignored: did you mean BIN_MANAGER_API\\?"$`));
+    expect(warnings[1]).toMatch(new RegExp(` level=warn event=config_warning file=${configFile} line=3 warning=".*spaces around.*HTTP_TIMEOUT=value"$`));
+    // --verbose (or a terminal) says it on stderr too; status, which logs nothing, always does.
+    const verbose = await runBinProxy(["-v"], env);
+    expect(verbose.code).toBe(0);
+    expect(verbose.stderr).toContain(`event=config_warning file=${configFile} line=2`);
+    const status = await runBinProxy(["status"], env);
+    expect(status.stderr).toContain(`bin-proxy: config warning: ${configFile} line 2: BIN_MANGER_API is not a bin-proxy setting`);
+  });
+
+  test("an unquoted value with spaces is a configuration error naming the file and line; nothing is touched", async () => {
+    const { h, env, v1, configFile } = hostWithConfig("SUPERVISORCTL=/usr/bin/supervisorctl -c /etc/supervisor/x.conf\n");
+    bm.setTarget("typo", artifact("#!/bin/sh\necho typo-v3\n"));
+    const manifestBefore = readFileSync(h.manifest, "utf8");
+    delete env.SUPERVISORCTL;
+    bm.clearRequests();
+    const r = await runBinProxy([], env);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(`configuration error: ${configFile} line 1: SUPERVISORCTL: unquoted space in the value`);
+    expect(r.stderr).toContain("SUPERVISORCTL_CONFIG");
+    expect(bm.requests).toEqual([]);
+    expect(readFileSync(h.manifest, "utf8")).toBe(manifestBefore);
+    expect(readFileSync(join(h.binDir, "typo"))).toEqual(Buffer.from(v1.bytes));
+    expect(h.log()).toContain(`event=not_started error="configuration error: ${configFile} line 1: SUPERVISORCTL`);
+  });
+
+  test("a config file holding BIN_MANAGER_TOKEN that others can read gets a warning, without the token", async () => {
+    const token = "tok-readable-by-others";
+    const { h, env, configFile } = hostWithConfig(`BIN_MANAGER_TOKEN="${token}"\n`);
+    bm.setTarget("typo", null);
+    const warningsAfterRunWith = async (mode: number) => {
+      chmodSync(configFile, mode);
+      await runBinProxy(["--config", configFile], env);
+      return h.log().split("\n").filter((l) => l.includes("event=config_warning"));
+    };
+    const readable = await warningsAfterRunWith(0o644);
+    expect(readable).toHaveLength(1);
+    expect(readable[0]).toContain(`file=${configFile} line=1 warning="holds BIN_MANAGER_TOKEN but is readable by everyone (mode 0644): chmod 600 ${configFile}"`);
+    // 0600: the run adds no warning.
+    expect(await warningsAfterRunWith(0o600)).toEqual(readable);
+    expect(h.log()).not.toContain(token);
+  });
+
+  test("a manifest that is not JSON: exit 2, the error names the line and column, the file is untouched", async () => {
+    const h = newHost();
+    const text = '{\n  "binaries": [\n    {"binaryName": "a",}\n  ]\n}\n';
+    writeFileSync(h.manifest, text);
+    const r = await runBinProxy([], h.env(bm.api));
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("not valid JSON at line 3, column 24");
+    expect(h.log()).toMatch(/event=manifest_invalid .*not valid JSON at line 3, column 24/);
+    expect(readFileSync(h.manifest, "utf8")).toBe(text);
+  });
+});
+
 describe("where an error is logged when no LOG_FILE is configured", () => {
   test("a usage error and a configuration error go to the default /var/log/bin-proxy.log", async () => {
     // A private mount namespace puts a temp dir at /var/log, so the machine's own log is never touched.
@@ -256,7 +346,7 @@ describe("where an error is logged when no LOG_FILE is configured", () => {
 });
 
 describe("command line", () => {
-  const usageLines = ["bin-proxy [--once] [--dry-run] [--config FILE] [--verbose]", "bin-proxy status", "bin-proxy rollback NAME", "bin-proxy retry NAME", "bin-proxy --version | --help"];
+  const usageLines = ["bin-proxy [--once] [--dry-run] [--config FILE] [--verbose]", "bin-proxy status", "bin-proxy rollback NAME", "bin-proxy retry NAME", "bin-proxy --version | --help | help", "-v is --verbose"];
 
   test("--help and -h print the usage on stdout, exit 0, with no configuration at all", async () => {
     for (const flag of ["--help", "-h"]) {
@@ -265,6 +355,40 @@ describe("command line", () => {
       expect(r.stderr).toBe("");
       for (const line of usageLines) expect(r.stdout).toContain(line);
     }
+  });
+
+  test("help, and --help after any command, print the usage and exit 0", async () => {
+    for (const args of [["help"], ["status", "--help"], ["rollback", "--help"], ["retry", "--help"], ["rollback", "app", "-h"]]) {
+      const r = await runBinProxy(args, {});
+      expect({ args, code: r.code, stderr: r.stderr }).toEqual({ args, code: 0, stderr: "" });
+      for (const line of usageLines) expect(r.stdout).toContain(line);
+    }
+  });
+
+  test("-v is --verbose: the pass echoes its log lines to stderr", async () => {
+    const h = newHost();
+    h.writeManifest([{ serviceName: "", binaryName: "verbose", version: "", previousVersion: "", port: 0 }]);
+    bm.setTarget("verbose", artifact("#!/bin/sh\necho verbose-v1\n"));
+    const quiet = await runBinProxy([], h.env(bm.api));
+    expect(quiet).toEqual({ code: 0, stdout: "", stderr: "" });
+    const logged = h.log();
+    bm.setTarget("verbose", artifact("#!/bin/sh\necho verbose-v2\n"));
+    const verbose = await runBinProxy(["-v"], h.env(bm.api));
+    expect(verbose.code).toBe(0);
+    expect(verbose.stderr).toMatch(/ level=info bin=verbose event=updated /);
+    expect(verbose.stderr).toBe(h.log().slice(logged.length));
+  });
+
+  test("a usage error is logged to the LOG_FILE of the config file the command line names", async () => {
+    const h = newHost();
+    const env = h.env(bm.api);
+    delete env.LOG_FILE;
+    delete env.BIN_PROXY_CONFIG;
+    const config = join(h.root, "etc", "named.conf");
+    writeFileSync(config, `LOG_FILE=${h.logFile}\n`);
+    const r = await runBinProxy(["--frobnicate", "--config", config], env);
+    expect(r.code).toBe(2);
+    expect(h.log()).toMatch(/ level=warn event=not_started error=".*--frobnicate/);
   });
 
   test("--version prints the package version, exit 0", async () => {

@@ -3,7 +3,9 @@ import { describe, expect, test } from "bun:test";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ConfigError, configFileChoice, loadSettings, parseShellConfig, resolveSettings } from "../../lib/config.ts";
+import { chmodSync } from "node:fs";
+import { ConfigError, configFileChoice, likelySetting, loadSettings, parseShellConfig, resolveSettings } from "../../lib/config.ts";
+import { jsonErrorPosition } from "../../lib/jsonpos.ts";
 
 const noEnv = () => undefined;
 
@@ -21,7 +23,7 @@ describe("parseShellConfig", () => {
       "if [ -f /x ]; then echo hi; fi",
       "",
     ].join("\n");
-    const values = parseShellConfig(text, (k) => (k === "HOME" ? "/root" : undefined));
+    const { values, warnings } = parseShellConfig(text, (k) => (k === "HOME" ? "/root" : undefined));
     expect(values.get("BIN_MANAGER_API")).toBe("http://bm.example:8080/api/v1");
     expect(values.get("BIN_DIR")).toBe("/opt/bin");
     expect(values.get("LOG_FILE")).toBe("/var/log/$literal.log");
@@ -30,6 +32,7 @@ describe("parseShellConfig", () => {
     expect(values.get("NODE_NAME")).toBe('web "one"');
     expect(values.get("HTTP_TIMEOUT")).toBe("45");
     expect(values.size).toBe(7);
+    expect(warnings).toEqual([]);
   });
 
   test("command substitution in a setting is an error naming the key and line", () => {
@@ -38,11 +41,48 @@ describe("parseShellConfig", () => {
   });
 
   test("unsupported syntax in a key bin-proxy does not use is ignored", () => {
-    expect(parseShellConfig("OTHER=$(date)\nBIN_DIR=/b", noEnv).get("BIN_DIR")).toBe("/b");
+    expect(parseShellConfig("OTHER=$(date)\nBIN_DIR=/b", noEnv).values.get("BIN_DIR")).toBe("/b");
   });
 
   test("unterminated quotes are errors", () => {
     expect(() => parseShellConfig('BIN_DIR="/opt', noEnv)).toThrow(/unterminated double quote/);
+  });
+
+  test("an unquoted space in a setting's value is an error naming the file and line, not a value cut short", () => {
+    const text = "# x\nSUPERVISORCTL=/usr/bin/supervisorctl -c /etc/x.conf\n";
+    expect(() => parseShellConfig(text, noEnv, "/etc/bin-proxy/config")).toThrow(
+      /^\/etc\/bin-proxy\/config line 2: SUPERVISORCTL: unquoted space in the value: sh would set "\/usr\/bin\/supervisorctl" and run "-c \/etc\/x.conf" as a command; quote the value; .*SUPERVISORCTL_CONFIG/,
+    );
+    expect(() => parseShellConfig("BIN_DIR=/a b", noEnv)).toThrow(/config line 1: BIN_DIR: unquoted space/);
+    // What may follow a value: a comment, the next command; and another variable's command line is not ours to judge.
+    const ok = parseShellConfig("BIN_DIR=/a  # note\nLOCK_DIR=/l; export LOCK_DIR\nLOG_FILE=/x && true\nOTHER=1 some-command\n", noEnv);
+    expect([...ok.values]).toEqual([["BIN_DIR", "/a"], ["LOCK_DIR", "/l"], ["LOG_FILE", "/x"]]);
+    expect(parseShellConfig('BIN_DIR="/a b"', noEnv).values.get("BIN_DIR")).toBe("/a b");
+  });
+
+  test("a likely typo of a setting and spaces around = are warnings naming the line and the likely key; neither is applied", () => {
+    const text = ["BIN_MANGER_API=http://x/api", "BIN_DIR = /x", "LOG_FILE= /y", "export lock_dir=/z", "ROOT=/r", "BIN_DIRS=/d", "LOCK_DIR=$BIN_DIRS", "HTTP_TIMEOT=5"].join("\n");
+    const { values, warnings } = parseShellConfig(text, noEnv, "/c");
+    expect(warnings).toEqual([
+      { line: 1, message: "BIN_MANGER_API is not a bin-proxy setting and is ignored: did you mean BIN_MANAGER_API?" },
+      { line: 2, message: 'spaces around "=": sh does not assign BIN_DIR here, and neither does bin-proxy; write BIN_DIR=value' },
+      { line: 3, message: 'spaces around "=": sh does not assign LOG_FILE here, and neither does bin-proxy; write LOG_FILE=value' },
+      { line: 4, message: "lock_dir is not a bin-proxy setting and is ignored: did you mean LOCK_DIR?" },
+      { line: 8, message: "HTTP_TIMEOT is not a bin-proxy setting and is ignored: did you mean HTTP_TIMEOUT?" },
+    ]);
+    expect(values.has("BIN_DIR")).toBe(false);
+    expect(values.has("LOG_FILE")).toBe(false);
+    expect(values.get("LOCK_DIR")).toBe("/d");
+  });
+
+  test("likelySetting: close names only", () => {
+    expect(likelySetting("BIN_MANAGER_APII")).toBe("BIN_MANAGER_API");
+    expect(likelySetting("BIN_MANAEGR_API")).toBe("BIN_MANAGER_API");
+    expect(likelySetting("SUPERVISORCTRL")).toBe("SUPERVISORCTL");
+    expect(likelySetting("ROOT")).toBeNull();
+    expect(likelySetting("PATH")).toBeNull();
+    expect(likelySetting("BIN_DIR")).toBeNull();
+    expect(likelySetting("MY_APP_HOME")).toBeNull();
   });
 });
 
@@ -95,7 +135,7 @@ describe("loadSettings precedence", () => {
   writeFileSync(file, 'BIN_DIR="/from/file"\nLOCK_DIR=/file/locks\nSUPERVISORCTL=""\n');
 
   test("environment over file over defaults", () => {
-    const s = loadSettings({ configFlag: file, env: { BIN_DIR: "/from/env" } });
+    const { settings: s } = loadSettings({ configFlag: file, env: { BIN_DIR: "/from/env" } });
     expect(s.binDir).toBe("/from/env");
     expect(s.lockDir).toBe("/file/locks");
     expect(s.logFile).toBe("/var/log/bin-proxy.log");
@@ -104,6 +144,66 @@ describe("loadSettings precedence", () => {
   test("a missing --config FILE or BIN_PROXY_CONFIG is an error; a missing default is not", () => {
     expect(() => loadSettings({ configFlag: join(dir, "nope"), env: {} })).toThrow(/cannot read config file/);
     expect(() => loadSettings({ configFlag: undefined, env: { BIN_PROXY_CONFIG: join(dir, "nope") } })).toThrow(ConfigError);
-    expect(configFileChoice({ configFlag: undefined, env: {} })).toEqual({ path: "/etc/bin-proxy/config", required: false });
+    expect(configFileChoice({ configFlag: undefined, env: {} })).toEqual({ path: "/etc/bin-proxy/config", required: false, namedBy: null });
+    expect(() => loadSettings({ configFlag: join(dir, "nope"), env: {} })).toThrow(/\(named by --config on the command line\)/);
+    expect(() => loadSettings({ configFlag: undefined, env: { BIN_PROXY_CONFIG: join(dir, "nope") } })).toThrow(/\(named by BIN_PROXY_CONFIG in the environment\)/);
+  });
+
+  test("an empty environment value counts as unset, so the file's value applies; SUPERVISORCTL is the exception", () => {
+    const ctlFile = join(dir, "ctl");
+    writeFileSync(ctlFile, "BIN_DIR=/from/file\nSUPERVISORCTL=/nonexistent/supervisorctl\n");
+    const { settings } = loadSettings({ configFlag: ctlFile, env: { BIN_DIR: "", SUPERVISORCTL: "" } });
+    expect(settings.binDir).toBe("/from/file");
+    expect(settings.supervisorctl).toBeNull();
+    expect(settings.restartsDisabled).toBe(true);
+  });
+
+  test("an error in a value says where the value came from: the environment, or the file and line", () => {
+    const bad = join(dir, "bad");
+    writeFileSync(bad, "SUPERVISORCTL=''\n# comment\nLOCK_TIMEOUT=ten\n");
+    expect(() => loadSettings({ configFlag: bad, env: {} })).toThrow(`LOCK_TIMEOUT must be a whole number >= 1, got "ten" (set in ${bad} line 3)`);
+    expect(() => loadSettings({ configFlag: bad, env: { LOCK_TIMEOUT: "soon" } })).toThrow(`LOCK_TIMEOUT must be a whole number >= 1, got "soon" (set in the environment)`);
+    expect(() => loadSettings({ configFlag: bad, env: { LOCK_TIMEOUT: "5", https_proxy: "ftp://p" } })).toThrow(/https_proxy must be .* \(set in the environment\)/);
+  });
+
+  test("a config file holding the token that others can read is a warning naming the file, line and mode", () => {
+    const tokenFile = join(dir, "token");
+    writeFileSync(tokenFile, "SUPERVISORCTL=\nBIN_MANAGER_TOKEN=s3cret\n");
+    for (const [mode, expected] of [[0o600, []], [0o640, ["its group (mode 0640)"]], [0o604, ["everyone (mode 0604)"]]] as const) {
+      chmodSync(tokenFile, mode);
+      const { warnings } = loadSettings({ configFlag: tokenFile, env: {} });
+      expect(warnings.map((w) => `${w.file}:${w.line}`)).toEqual(expected.map(() => `${tokenFile}:2`));
+      for (const [i, words] of expected.entries()) expect(warnings[i]!.message).toBe(`holds BIN_MANAGER_TOKEN but is readable by ${words}: chmod 600 ${tokenFile}`);
+    }
+    // A token given only in the environment is not the file's business.
+    chmodSync(tokenFile, 0o644);
+    writeFileSync(tokenFile, "SUPERVISORCTL=\n");
+    expect(loadSettings({ configFlag: tokenFile, env: { BIN_MANAGER_TOKEN: "t" } }).warnings).toEqual([]);
+  });
+
+  test("SUPERVISORCTL_CONFIG must be a readable file", () => {
+    const conf = join(dir, "supervisord.conf");
+    writeFileSync(conf, "[supervisorctl]\n");
+    expect(loadSettings({ configFlag: file, env: { SUPERVISORCTL_CONFIG: conf } }).settings.supervisorctlConfig).toBe(conf);
+    expect(loadSettings({ configFlag: file, env: {} }).settings.supervisorctlConfig).toBeNull();
+    expect(() => loadSettings({ configFlag: file, env: { SUPERVISORCTL_CONFIG: join(dir, "none.conf") } })).toThrow(/SUPERVISORCTL_CONFIG is not a readable file: .*none\.conf \(ENOENT\) \(set in the environment\)/);
+  });
+});
+
+describe("jsonErrorPosition", () => {
+  test.each([
+    ['{"a":1,\n "b": x}', 2, 7],
+    ['{"binaries": [\n  {"binaryName": "b",}\n]}', 2, 22],
+    ["", 1, 1],
+    ["[1,2", 1, 5],
+    ['{"a":1} x', 1, 9],
+    ['{"a":"\\u12G4"}', 1, 11],
+    ["01", 1, 2],
+  ])("%j breaks at line %d, column %d", (text, line, column) => {
+    expect(JSON.parse.bind(null, text)).toThrow();
+    expect(jsonErrorPosition(text)).toEqual({ line, column });
+  });
+  test("valid JSON has no error position", () => {
+    expect(jsonErrorPosition('{"a":[1,-2.5e3,{"b":null,"c":true}],"d":"x\\n\\u00e9"}')).toBeNull();
   });
 });

@@ -1,5 +1,6 @@
-// Unit tests of the operator commands' pure parts: what rollback restores, and how status reports a binary.
+// Unit tests of the operator commands' pure parts: the command line, what rollback restores, and how status reports a binary.
 import { describe, expect, test } from "bun:test";
+import { parseArgs, UsageError } from "../../lib/cli.ts";
 import type { Sha256 } from "../../lib/hash.ts";
 import { parseManifest, type Entry } from "../../lib/manifest.ts";
 import { findEntry, rollbackTarget } from "../../lib/rollback.ts";
@@ -67,5 +68,30 @@ describe("status", () => {
     expect(lines[1]!.indexOf("app  ")).toBe(0);
     expect(lines[2]!.startsWith("longer-name  app")).toBe(true);
     expect(lines.slice(3)).toEqual(["", "longer-name: /usr/local/bin/app is missing", '"x y": entry rejected: binaries[2]: not a plain name']);
+  });
+});
+
+describe("command line", () => {
+  test("-v is --verbose, -V --version, -h --help; help and --help after any command are the help", () => {
+    expect(parseArgs(["-v"]).command).toEqual({ kind: "pass", dryRun: false, verbose: true });
+    expect(parseArgs(["--dry-run", "-v"]).command).toEqual({ kind: "pass", dryRun: true, verbose: true });
+    expect(parseArgs(["-V"]).command).toEqual({ kind: "version" });
+    for (const argv of [["help"], ["-h"], ["--help"], ["status", "--help"], ["rollback", "--help"], ["retry", "-h"], ["rollback", "app", "--help"], ["help", "status"]]) {
+      expect(parseArgs(argv).command).toEqual({ kind: "help" });
+    }
+  });
+  test("a usage error carries the --config FILE the command line names, so it can be logged where that file says", () => {
+    const error = (argv: string[]) => {
+      try {
+        parseArgs(argv);
+      } catch (err) {
+        return err as UsageError;
+      }
+      throw new Error(`${argv.join(" ")} parsed`);
+    };
+    expect(error(["--frobnicate", "--config", "/etc/a"]).configPath).toBe("/etc/a");
+    expect(error(["--config=/etc/a", "--config", "/etc/b", "extra"]).configPath).toBe("/etc/b");
+    expect(error(["status", "-v"])).toMatchObject({ message: 'unknown option "-v" for status', configPath: undefined });
+    expect(error(["rollback"]).message).toBe("rollback needs exactly one NAME");
   });
 });
