@@ -3,6 +3,7 @@ import type { Settings } from "./config.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 import { describe, fetchFailure, HttpError, readCapped, request, type HttpPolicy } from "./http.ts";
 import type { NodeInfo } from "./manifest.ts";
+import { hostCpuArch } from "./nodeinfo.ts";
 
 export class ApiError extends Error {}
 
@@ -62,9 +63,12 @@ export function parseKeepaliveStatus(body: unknown): string {
 export class BinManagerClient {
   readonly policy: HttpPolicy;
 
-  /** readOnly (--dry-run): any POST is refused here, whatever the caller does. */
-  constructor(private readonly settings: Settings, private readonly readOnly: boolean) {
-    this.policy = { token: settings.token, tokenOrigin: new URL(settings.api).origin, timeoutMs: settings.httpTimeoutMs };
+  /**
+   * readOnly (--dry-run): any POST is refused here, whatever the caller does. cpuArch: the
+   * architecture GET /bins/{name} asks for, this host's unless a caller says otherwise.
+   */
+  constructor(private readonly settings: Settings, private readonly readOnly: boolean, private readonly cpuArch: string = hostCpuArch()) {
+    this.policy = { token: settings.token, tokenOrigin: new URL(settings.api).origin, timeoutMs: settings.httpTimeoutMs, proxy: settings.proxy };
   }
 
   async keepaliveStatus(nodeName: string): Promise<string> {
@@ -76,8 +80,10 @@ export class BinManagerClient {
     await this.call("POST", "/keepalive", { cpuArch, osRelease, nodeName, binProxyVersion });
   }
 
+  /** The version this node should run (SPEC §10): the API may answer per node (staged rollouts) and per architecture. */
   async target(name: string): Promise<Target> {
-    return parseTarget(await this.call("GET", `/bins/${name}`));
+    const query = new URLSearchParams({ nodeName: this.settings.nodeName, cpuArch: this.cpuArch });
+    return parseTarget(await this.call("GET", `/bins/${name}?${query}`));
   }
 
   async progress(p: Progress): Promise<void> {
@@ -90,9 +96,14 @@ export class BinManagerClient {
     await this.call("POST", `/bins/${i.binName}`, { nodeName, binName, sha256, version });
   }
 
-  /** Where a binary is downloaded from: the primary location, then the fallback. */
-  downloadUrls(name: string): string[] {
-    return [`${this.settings.downloadBaseUrl}/${name}`, `${this.settings.api}/releases/latest/${name}/download`];
+  /**
+   * Where a binary is downloaded from: the primary location, then the fallback. Content-addressed
+   * (SPEC §10): the query names the target, so a cache in front keys each version apart and can
+   * never serve last week's bytes for this week's hash; a plain file server ignores it.
+   */
+  downloadUrls(name: string, target: Sha256): string[] {
+    const query = `?sha256=${target}`;
+    return [`${this.settings.downloadBaseUrl}/${name}${query}`, `${this.settings.api}/releases/latest/${name}/download${query}`];
   }
 
   private async call(method: "GET" | "POST", path: string, body?: object): Promise<unknown> {
