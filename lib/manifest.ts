@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 import { jsonErrorPosition } from "./jsonpos.ts";
-import { withExclusiveLock } from "./lock.ts";
+import { withExclusiveLock } from "./flock.ts";
 import type { Logger } from "./log.ts";
 
 /** A target that failed on this host and is not retried before `until` (null: until the API moves on). */

@@ -2,7 +2,7 @@
 import type { Settings } from "./config.ts";
 import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
 import { activeHold, describeHold } from "./hold.ts";
-import { listVersionLocks, type LockInfo } from "./lock.ts";
+import { listVersionLocks, type LockInfo } from "./lockinspect.ts";
 import { errorText } from "./log.ts";
 import { ManifestError, readManifest, type Entry, type Hold, type RejectedEntry } from "./manifest.ts";
 import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./pass.ts";

@@ -2,7 +2,8 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { formatHolderRecord, judgeLock, parseHolderRecord, processStart, type HolderState } from "../../lib/lock.ts";
+import { formatHolderRecord, parseHolderRecord, processStart, type HolderState } from "../../lib/holder.ts";
+import { judgeLock } from "../../lib/lockjudge.ts";
 import { partialVersion } from "../../lib/download.ts";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { BIN_PROXY, hostPool, serviceScript, type Host } from "../fixture/host.ts";

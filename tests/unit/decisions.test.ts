@@ -4,7 +4,7 @@ import { parseKeepaliveStatus, parseTarget } from "../../lib/api.ts";
 import { parseArgs, UsageError } from "../../lib/cli.ts";
 import { parseSha256, type Sha256 } from "../../lib/hash.ts";
 import { activeHold, holdAfterFailure, holdAfterRollback } from "../../lib/hold.ts";
-import { otherVersionOf, parseLockTime } from "../../lib/lock.ts";
+import { otherVersionOf, parseLockTime } from "../../lib/lockjudge.ts";
 import { formatLine, redact } from "../../lib/log.ts";
 import { ManifestError, parseManifest, type Entry } from "../../lib/manifest.ts";
 import { parseOsRelease } from "../../lib/nodeinfo.ts";
