@@ -114,7 +114,7 @@ export function bypassesProxy(url: URL, noProxy: string | undefined): boolean {
     const [name, entryPort] = splitPort(entry);
     if (entryPort !== null && entryPort !== port) return false;
     if (name.includes("/")) return inIpv4Range(host, name);
-    const domain = name.replace(/^\*?\./, "");
+    const domain = name.replace(/^\*?\./, "").replace(/\.$/, "");
     return host === domain || (isIP(host) === 0 && host.endsWith(`.${domain}`));
   });
 }
