@@ -11,7 +11,6 @@ import {
 import { COMMIT, VERSION } from "../../lib/version.ts";
 import { promtoolCheckMetrics, promtoolCheckRules, startNodeExporter, type NodeExporter } from "../fixture/node-exporter.ts";
 
-const A = "a1".repeat(32) as Sha256;
 const B = "b2".repeat(32) as Sha256;
 const C = "c3".repeat(32) as Sha256;
 const D = "d4".repeat(32) as Sha256;
