@@ -12,7 +12,7 @@ import {
   type SignedTargetRequest, type SignedVersion,
 } from "../../lib/signature.ts";
 import { artifact, garbage, huge, startBinManager, stallHeaders, type BinManager } from "../fixture/bin-manager.ts";
-import { makeKeyPair, publishSigned, timestampComment, type KeyPair } from "../fixture/minisign.ts";
+import { makeKeyPair, publishSigned, timestampComment, writeTrustedKeys, type KeyPair } from "../fixture/minisign.ts";
 
 const TOKEN = "tok-signature-test";
 const manager = artifact("manager build 3\n");
@@ -26,9 +26,7 @@ beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "bin-proxy-signature-"));
   bm = await startBinManager();
   key = makeKeyPair(dir);
-  const keysFile = join(dir, "trusted-keys");
-  writeFileSync(keysFile, key.publicText);
-  keys = loadTrustedKeys({ path: keysFile, required: true })!;
+  keys = loadTrustedKeys({ path: writeTrustedKeys(join(dir, "trusted-keys"), key), required: true })!;
   policy = { token: TOKEN, tokenOrigin: bm.origin, timeoutMs: 5000, proxy: { http: undefined, https: undefined, noProxy: undefined } };
 });
 afterAll(async () => {
@@ -171,9 +169,9 @@ describe("loadTrustedKeys", () => {
     expect(loadTrustedKeys({ path: join(dir, "no-such-default"), required: false })).toBeNull();
   });
 
-  test("two keys, for a rotation", async () => {
+  test("two keys, for a rotation", () => {
     const next = makeKeyPair(dir);
-    const loaded = loadTrustedKeys({ path: file("two-keys", key.publicText + next.publicText), required: true });
+    const loaded = loadTrustedKeys({ path: writeTrustedKeys(join(dir, "two-keys"), key, next), required: true });
     expect(loaded!.keys.map((k) => k.id)).toEqual([key.id, next.id]);
   });
 
