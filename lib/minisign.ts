@@ -58,6 +58,8 @@ const UNTRUSTED_PREFIX = "untrusted comment:";
 const TRUSTED_PREFIX = "trusted comment: ";
 const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 const PUBLIC_KEY_BYTES = 2 + 8 + 32;
+/** A secret key file's key line: algorithms (6), KDF salt and limits (48), key id, secret and public key, checksum (104). */
+const SECRET_KEY_BYTES = 158;
 const SIGNATURE_BYTES = 2 + 8 + 64;
 const GLOBAL_SIGNATURE_BYTES = 64;
 
@@ -95,10 +97,13 @@ export function parseTrustedKeys(text: string, source: string): TrustedKeys {
       return;
     }
     const where = `${source} line ${index + 1}`;
-    if (/secret key/i.test(comment)) throw new Error(`${where} is a minisign secret key (${comment}): give the public key (minisign.pub), never the secret one`);
     const bytes = decodeBase64(line);
+    if (/secret key/i.test(comment) || bytes?.length === SECRET_KEY_BYTES) {
+      throw new Error(`${where} is a minisign secret key: give the public key (minisign.pub), never the secret one`);
+    }
     if (!bytes || bytes.length !== PUBLIC_KEY_BYTES || bytes[0] !== 0x45 || bytes[1] !== 0x64) {
-      throw new Error(`${where} is not a minisign public key (want the base64 line minisign -G writes, starting with "RW"), got ${JSON.stringify(line.slice(0, 60))}`);
+      // Only the line's start is quoted: whatever was put here by mistake may be secret.
+      throw new Error(`${where} is not a minisign public key (want the base64 line minisign -G writes, starting with "RW"), got ${line.length} characters starting ${JSON.stringify(line.slice(0, 12))}`);
     }
     keys.push({ id: keyIdOf(bytes.subarray(2, 10)), key: bytes.slice(10) });
     comment = "";

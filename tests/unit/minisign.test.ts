@@ -187,8 +187,19 @@ describe("parseTrustedKeys", () => {
     expect(() => parseTrustedKeys(body, KEYS_FILE)).toThrow(message);
   });
 
-  test("a secret key given by mistake is named as such", () => {
-    expect(() => parseTrustedKeys(readFileSync(key.secretKey, "utf8"), KEYS_FILE)).toThrow(/is a minisign secret key .*give the public key/);
+  test("a secret key given by mistake is named as such, and none of it is quoted", () => {
+    const secret = readFileSync(key.secretKey, "utf8");
+    const keyLine = secret.split("\n")[1]!;
+    for (const text of [secret, keyLine]) {
+      let message = "";
+      try {
+        parseTrustedKeys(text, KEYS_FILE);
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).toMatch(/line 2 is a minisign secret key: give the public key|line 1 is a minisign secret key/);
+      expect(message).not.toContain(keyLine.slice(0, 8));
+    }
   });
 
   test("a signature's key id is read as minisign prints it", () => {
