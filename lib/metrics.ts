@@ -1,6 +1,7 @@
 // Owns the Prometheus textfile (SPEC §11): what a run tells it, the counters kept across runs, and the atomic 0644 write.
-import { closeSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { withExclusiveLock } from "./flock.ts";
 import { createExclusive, removeIfPresent, replaceAtomically, sweepOrphanTemps, tempPathFor, writeAll, writeFileAtomic } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
 import { errorText } from "./log.ts";
@@ -85,6 +86,8 @@ export interface MetricsState {
 }
 
 const STATE_FILE = "metrics-state.json";
+/** Beside the state file, never removed (a flock on a file that can vanish could be raced). */
+const LOCK_FILE = ".metrics.lock";
 const STATE_FORMAT = 1;
 const SHORT_HEX = /^[0-9a-f]{12}$/;
 /** An API release name is shown as a label: kept printable and short, so one odd value cannot bloat the file. */
@@ -125,6 +128,7 @@ export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState 
   if (run.binaries !== null) {
     binaries = {};
     for (const b of run.binaries) {
+      if (nameProblem(b.name)) continue; // the manifest rejects such an entry; it must not make the state file unreadable
       const before = previous.binaries[b.name];
       const target = b.target ? short(b.target) : (before?.target ?? null);
       const sameTarget = target === before?.target;
@@ -440,8 +444,18 @@ function writePublicFile(dest: string, text: string): void {
  * (else from zero), and said so.
  */
 export function recordRun(metricsFile: string | null, stateDir: string | null, run: RunMetrics): string | null {
+  try {
+    // Runs at the same time (a cron pass and an operator's command) take turns: read, merge and
+    // write under one flock, or one could write back a count the other had already raised.
+    if (stateDir !== null && existsSync(stateDir)) return withExclusiveLock(join(stateDir, LOCK_FILE), () => record(metricsFile, metricsStatePath(stateDir), run), 5_000);
+    return record(metricsFile, null, run);
+  } catch (err) {
+    return `metrics not recorded: ${errorText(err)}`;
+  }
+}
+
+function record(metricsFile: string | null, statePath: string | null, run: RunMetrics): string | null {
   const problems: string[] = [];
-  const statePath = stateDir === null ? null : metricsStatePath(stateDir);
   let saved: MetricsState | null = null;
   let published: MetricsState | null = null;
   if (statePath) {
@@ -466,8 +480,7 @@ export function recordRun(metricsFile: string | null, stateDir: string | null, r
     try {
       writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 });
     } catch (err) {
-      // ENOENT: no state dir (status on a host that never ran a pass): the metrics file still says it all.
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT") problems.push(`cannot save ${statePath}: ${errorText(err)}`);
+      problems.push(`cannot save ${statePath}: ${errorText(err)}`);
     }
   }
   if (metricsFile) {

@@ -260,23 +260,29 @@ describe("renderMetrics", () => {
   });
 });
 
-test("the file is replaced atomically: a reader polling it during many writes never sees a partial file", async () => {
-  const host = freshHost();
-  // Enough binaries that the file spans many pages: a write in place would be seen half done.
+/** A separate process calling recordRun `runs` times on host, each pass with `binaries` binaries that each downloaded `i` bytes (run i). */
+function spawnRecorder(host: { metricsFile: string; stateDir: string }, runs: number, binaries: number) {
   const script = `
     import { recordRun } from ${JSON.stringify(resolve(import.meta.dir, "../../lib/metrics.ts"))};
-    const names = Array.from({ length: 300 }, (_, i) => "binary-" + i);
-    for (let i = 0; i < 150; i++) {
+    const names = Array.from({ length: ${binaries} }, (_, i) => "binary-" + i);
+    for (let i = 1; i <= ${runs}; i++) {
       const problem = recordRun(${JSON.stringify(host.metricsFile)}, ${JSON.stringify(host.stateDir)}, {
         kind: "pass", startedAt: new Date(), durationMs: i, exitCode: 0, signaturesRequired: true,
         binaries: names.map((name) => ({ name, installed: null, target: null, held: i % 2 === 0, holdFailures: i, uncommitted: false, event: { downloadedBytes: i } })),
       });
       if (problem) throw new Error(problem);
     }`;
-  const writer = Bun.spawn([process.execPath, "-e", script], { stdout: "ignore", stderr: "pipe" });
-  const writerErr = new Response(writer.stderr).text();
+  const proc = Bun.spawn([process.execPath, "-e", script], { stdout: "ignore", stderr: "pipe" });
+  const stderr = new Response(proc.stderr).text();
+  return { proc, done: async () => [await proc.exited, await stderr] as const };
+}
+
+test("the file is replaced atomically: a reader polling it during many writes never sees a partial file", async () => {
+  const host = freshHost();
+  // Enough binaries that the file spans many pages: a write in place would be seen half done.
+  const writer = spawnRecorder(host, 150, 300);
   let reads = 0;
-  while (writer.exitCode === null) {
+  while (writer.proc.exitCode === null) {
     let text: string;
     try {
       text = readFileSync(host.metricsFile, "utf8");
@@ -290,9 +296,19 @@ test("the file is replaced atomically: a reader polling it during many writes ne
     expect(text.match(/^bin_proxy_binary_info\{/gm)?.length).toBe(300);
     await Bun.sleep(0);
   }
-  expect(await writer.exited, await writerErr).toBe(0);
+  expect(await writer.done()).toEqual([0, ""]);
   expect(reads).toBeGreaterThan(20);
   expect((await promtoolCheckMetrics(readFileSync(host.metricsFile, "utf8"))).output).toBe("");
+}, 60_000);
+
+test("runs at the same time take turns: no count is lost or goes back", async () => {
+  const host = freshHost();
+  const writers = Array.from({ length: 4 }, () => spawnRecorder(host, 25, 1));
+  for (const w of writers) expect(await w.done()).toEqual([0, ""]);
+  const s = parseExposition(readFileSync(host.metricsFile, "utf8"));
+  expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(100);
+  // Each writer's runs downloaded 1 + 2 + … + 25 bytes.
+  expect(value(s, "bin_proxy_downloaded_bytes_total", { name: "binary-0" })).toBe(4 * ((25 * 26) / 2));
 }, 60_000);
 
 test("node_exporter serves bin-proxy's series after an update, a held failure and a configuration error", async () => {
