@@ -2,7 +2,7 @@
 # bin-proxy installer: downloads, verifies and installs bin-proxy in place of bin-proxy.sh, or undoes that.
 #
 #   curl -fsSL <release-url>/install.sh | sh -s -- --release-url <release-url>
-#   sh install.sh [--release-url URL] [--uninstall]
+#   sh install.sh [--release-url URL] [--pubkey KEY [--trust-pubkey]] [--uninstall]
 #
 # Everything is in functions and main runs on the last line, so a download that `curl | sh`
 # cut short runs nothing at all.
@@ -22,11 +22,16 @@ die() {
 }
 usage() {
 	cat <<'EOF'
-usage: sh install.sh [--release-url URL] [--uninstall]
+usage: sh install.sh [--release-url URL] [--pubkey KEY [--trust-pubkey]] [--uninstall]
 
 Installs /usr/local/sbin/bin-proxy from a release (URL, or BIN_PROXY_RELEASE_URL) and makes
 /usr/local/sbin/bin-proxy.sh run it, keeping the old script as bin-proxy.sh.orig.
---uninstall removes bin-proxy and puts bin-proxy.sh.orig back.
+--pubkey KEY     verify SHA256SUMS.minisig with minisign and this public key (the key's
+                 base64 line, or a file as minisign -G writes it) before trusting SHA256SUMS
+--trust-pubkey   also install KEY as /etc/bin-proxy/trusted-keys, so that bin-proxy requires
+                 every binary it installs to be signed by it (only when that file is missing)
+--uninstall      removes bin-proxy and the cron file this installer wrote, and puts
+                 bin-proxy.sh.orig back
 DESTDIR, when set, prefixes every path read or written.
 EOF
 }
@@ -52,6 +57,7 @@ set_paths() {
 	STATEDIR=$root/var/lib/bin-proxy
 	CRON_D=$root/etc/cron.d
 	CRON_FILE=$CRON_D/bin-proxy
+	TRUSTED_KEYS=$ETC/trusted-keys
 	SYSTEM_CRONTAB=$root/etc/crontab
 	ROOT_CRONTAB=$root/var/spool/cron/crontabs/root
 }
@@ -76,6 +82,20 @@ write_wrapper() {
 }
 is_our_wrapper() {
 	[ -f "$OLD" ] && [ ! -L "$OLD" ] && write_wrapper | cmp -s - "$OLD"
+}
+
+# The cron file, written only where no active cron line runs bin-proxy. Its output is not thrown
+# away: cron mails it, and a pass prints nothing unless it fails (README, "What cron mails").
+# --uninstall removes the file only while it is byte for byte what this function writes.
+write_cron() {
+	printf '%s\n' \
+		"# bin-proxy: one pass a minute. Written by bin-proxy's install.sh, which never overwrites it;" \
+		"# install.sh --uninstall removes this file unless it was changed. cron mails what a pass" \
+		"# prints: nothing while all is well, the error lines of a pass that fails." \
+		"* * * * * root /usr/local/sbin/bin-proxy.sh"
+}
+is_our_cron() {
+	[ -f "$CRON_FILE" ] && [ ! -L "$CRON_FILE" ] && write_cron | cmp -s - "$CRON_FILE"
 }
 
 # Active cron lines that mention bin-proxy, as "source<TAB>line".
@@ -129,7 +149,8 @@ fetch() {
 	fi
 }
 
-verify() {
+# The SHA-256 that SHA256SUMS gives for $asset, in $expected; dies when it gives none, several, or not a hash.
+expected_hash() {
 	expected=$(awk -v f="$asset" '{ sub(/\r$/, "") } $2 == f || $2 == "*" f { print tolower($1) }' \
 		"$tmp/SHA256SUMS" | sort -u)
 	case $expected in
@@ -139,10 +160,47 @@ verify() {
 	if [ ${#expected} -ne 64 ] || [ -n "$(printf '%s' "$expected" | tr -d '0-9a-f')" ]; then
 		die "SHA256SUMS line for $asset does not hold a SHA-256; nothing was installed"
 	fi
+}
+
+verify_download() {
 	actual=$(cd "$tmp" && sha256sum "$asset")
 	actual=${actual%% *}
 	if [ "$actual" != "$expected" ]; then
 		die "checksum mismatch for $asset: SHA256SUMS says $expected, the download is $actual; nothing was installed"
+	fi
+}
+
+# The base64 key line of --pubkey, in $pubkey: given as is, or read from a file as minisign -G writes it.
+read_pubkey() {
+	if [ -f "$pubkey_arg" ]; then
+		pubkey=$(awk '!/^untrusted comment:/ && NF { sub(/\r$/, ""); print; exit }' "$pubkey_arg")
+	else
+		pubkey=$pubkey_arg
+	fi
+	# "Ed", a key id (8 bytes) and the Ed25519 key (32 bytes): 42 bytes, 56 base64 characters.
+	case $pubkey in
+	RW*) ;;
+	*) usage_error "--pubkey: not a minisign public key (its base64 line, RW…, or a file holding it): $pubkey_arg" ;;
+	esac
+	if [ ${#pubkey} -ne 56 ] || [ -n "$(printf '%s' "$pubkey" | tr -d 'A-Za-z0-9+/')" ]; then
+		usage_error "--pubkey: not a minisign public key (its base64 line, RW…, or a file holding it): $pubkey_arg"
+	fi
+}
+
+# SHA256SUMS is trusted only once minisign has verified SHA256SUMS.minisig with the --pubkey key.
+verify_signature() {
+	fetch "$release_url/SHA256SUMS.minisig" "$tmp/SHA256SUMS.minisig" ||
+		die "cannot download $release_url/SHA256SUMS.minisig, which --pubkey requires; nothing was installed"
+	if ! checked=$(minisign -V -P "$pubkey" -m "$tmp/SHA256SUMS" -x "$tmp/SHA256SUMS.minisig" </dev/null 2>&1); then
+		die "SHA256SUMS.minisig does not verify with the --pubkey key ($(printf '%s' "$checked" | tr '\n' ' ' | sed 's/ *$//')); nothing was installed"
+	fi
+	say "SHA256SUMS is signed by the --pubkey key (${checked##*Trusted comment: })"
+}
+
+# The SHA-256 of the installed bin-proxy, or nothing when there is none to compare.
+installed_hash() {
+	if [ -f "$BIN" ] && [ ! -L "$BIN" ] && [ -x "$BIN" ]; then
+		sum=$(sha256sum "$BIN") && printf '%s' "${sum%% *}"
 	fi
 }
 
@@ -275,31 +333,44 @@ do_install() {
 	if ! command -v curl >/dev/null 2>&1 && ! command -v wget >/dev/null 2>&1; then
 		die "curl or wget is required but neither is installed"
 	fi
+	if [ -n "$pubkey_arg" ]; then
+		read_pubkey
+		command -v minisign >/dev/null 2>&1 ||
+			die "--pubkey needs the minisign command to verify SHA256SUMS.minisig, and it is not installed (apt-get install minisign); nothing was installed"
+	fi
 	preflight_install
 
 	tmp=$(mktemp -d "${TMPDIR:-/tmp}/bin-proxy-install.XXXXXX") || die "cannot create a temporary directory"
-	for file in "$asset" SHA256SUMS; do
-		fetch "$release_url/$file" "$tmp/$file" ||
-			die "cannot download $release_url/$file; nothing was installed"
-	done
-	verify
-	say "downloaded $asset, checksum ok"
+	fetch "$release_url/SHA256SUMS" "$tmp/SHA256SUMS" ||
+		die "cannot download $release_url/SHA256SUMS; nothing was installed"
+	if [ -n "$pubkey" ]; then verify_signature; fi
+	expected_hash
 
 	# Stage everything next to where it goes (same filesystem: the final step is a rename), so
 	# that failing here leaves only staged files, which rollback removes.
 	in_progress=1
 	make_dir "$SBIN" 0755
 	staged=
-	if [ -f "$BIN" ] && [ ! -L "$BIN" ] && [ -x "$BIN" ] && cmp -s "$tmp/$asset" "$BIN"; then
-		say "$BIN is already this release"
+	# A re-run (or a fleet-wide one) downloads the executable only when the release differs from
+	# what is installed: SHA256SUMS is a few bytes, the executable ~110 MB.
+	if [ "$(installed_hash)" = "$expected" ]; then
+		say "$BIN is already this release ($asset $expected)"
 	else
+		fetch "$release_url/$asset" "$tmp/$asset" ||
+			die "cannot download $release_url/$asset; nothing was installed"
+		verify_download
+		say "downloaded $asset, checksum ok"
 		staged=$(new_temp "$SBIN" bin-proxy)
 		temps="$temps$nl$staged"
 		install -m 0755 "$tmp/$asset" "$staged" || die "cannot write $staged"
-		# The executable must run on this host before it replaces anything.
+		# The executable must run on this host, and be bin-proxy (as self-update requires), before it replaces anything.
 		if ! version=$(run_version "$staged"); then
 			die "the downloaded $asset does not run here (--version said: $version)"
 		fi
+		case $version in
+		"bin-proxy "*) ;;
+		*) die "the downloaded $asset is not bin-proxy: its --version said '${version%%"$nl"*}', not 'bin-proxy …'; nothing was installed" ;;
+		esac
 	fi
 	for dir_mode in "$ETC 0755" "$LOCKDIR 0700" "$STATEDIR 0700"; do
 		dir=${dir_mode% *}
@@ -331,15 +402,26 @@ do_install() {
 		write_wrapper >"$wrapper_tmp" || die "cannot write $wrapper_tmp"
 		chmod 0755 "$wrapper_tmp"
 	fi
+	keys_tmp=
+	if [ -n "$trust_pubkey" ]; then
+		if ! exists "$TRUSTED_KEYS"; then
+			keys_tmp=$(new_temp "$ETC" trusted-keys)
+			temps="$temps$nl$keys_tmp"
+			printf 'untrusted comment: bin-proxy release key, installed by install.sh --trust-pubkey\n%s\n' "$pubkey" >"$keys_tmp" ||
+				die "cannot write $keys_tmp"
+			chmod 0644 "$keys_tmp"
+		elif grep -qxF "$pubkey" "$TRUSTED_KEYS"; then
+			say "kept $TRUSTED_KEYS (it holds this key)"
+		else
+			warn "$TRUSTED_KEYS exists and does not hold this key: left it as it is (add the key by hand to trust it)"
+		fi
+	fi
 	cron_tmp=
 	if [ -z "$found_cron" ]; then
 		make_dir "$CRON_D" 0755
 		cron_tmp=$(new_temp "$CRON_D" bin-proxy)
 		temps="$temps$nl$cron_tmp"
-		{
-			echo "# bin-proxy: one pass a minute. Written by bin-proxy's install.sh, which never overwrites it."
-			echo "* * * * * root /usr/local/sbin/bin-proxy.sh >/dev/null 2>&1"
-		} >"$cron_tmp" || die "cannot write $cron_tmp"
+		write_cron >"$cron_tmp" || die "cannot write $cron_tmp"
 		chmod 0644 "$cron_tmp"
 	fi
 
@@ -394,6 +476,11 @@ do_install() {
 	else
 		say "$OLD already runs bin-proxy"
 	fi
+	if [ -n "$keys_tmp" ]; then
+		mv -f "$keys_tmp" "$TRUSTED_KEYS" || die "cannot rename $keys_tmp to $TRUSTED_KEYS"
+		created_files="$created_files$nl$TRUSTED_KEYS"
+		say "created $TRUSTED_KEYS: bin-proxy now installs only binaries signed by this key"
+	fi
 	if [ -n "$cron_tmp" ]; then
 		mv -f "$cron_tmp" "$CRON_FILE" || die "cannot rename $cron_tmp to $CRON_FILE"
 		created_files="$created_files$nl$CRON_FILE"
@@ -411,6 +498,15 @@ do_install() {
 do_uninstall() {
 	require_root
 	if [ -d "$OLD" ]; then die "$OLD is a directory"; fi
+	# The cron file goes first, so cron never runs a wrapper that is no longer there.
+	cron_left="the cron line"
+	if is_our_cron; then
+		rm -f "$CRON_FILE" || die "cannot remove $CRON_FILE"
+		say "removed $CRON_FILE"
+		cron_left="any other cron line"
+	elif exists "$CRON_FILE"; then
+		warn "$CRON_FILE is not the file install.sh wrote (it was changed, or written by someone else): left it as it is"
+	fi
 	if is_our_wrapper; then
 		if exists "$ORIG"; then
 			mv -f "$ORIG" "$OLD" || die "cannot rename $ORIG to $OLD"
@@ -433,12 +529,15 @@ do_uninstall() {
 	else
 		say "$BIN is not installed"
 	fi
-	say "left as they are: $ETC (config and manifest), $STATEDIR, $LOCKDIR and the cron line"
+	say "left as they are: $ETC (config and manifest), $STATEDIR, $LOCKDIR and $cron_left"
 }
 
 main() {
 	release_url=${BIN_PROXY_RELEASE_URL:-}
 	mode=install
+	pubkey_arg=
+	pubkey=
+	trust_pubkey=
 	while [ $# -gt 0 ]; do
 		case $1 in
 		--release-url)
@@ -448,6 +547,19 @@ main() {
 			;;
 		--release-url=*)
 			release_url=${1#*=}
+			shift
+			;;
+		--pubkey)
+			[ $# -ge 2 ] || usage_error "--pubkey needs a KEY"
+			pubkey_arg=$2
+			shift 2
+			;;
+		--pubkey=*)
+			pubkey_arg=${1#*=}
+			shift
+			;;
+		--trust-pubkey)
+			trust_pubkey=1
 			shift
 			;;
 		--uninstall)
@@ -461,6 +573,8 @@ main() {
 		*) usage_error "unknown argument: $1" ;;
 		esac
 	done
+	if [ -n "$trust_pubkey" ] && [ -z "$pubkey_arg" ]; then usage_error "--trust-pubkey needs --pubkey KEY"; fi
+	if [ "$mode" = uninstall ] && [ -n "$pubkey_arg" ]; then usage_error "--uninstall takes no --pubkey"; fi
 	set_paths
 	trap cleanup EXIT
 	trap 'exit 129' HUP

@@ -2,6 +2,7 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
   chmodSync,
+  existsSync,
   lstatSync,
   mkdirSync,
   mkdtempSync,
@@ -16,7 +17,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
 const INSTALLER = resolve(import.meta.dir, "../scripts/install.sh");
-const SEED_CRON_LINE = "* * * * * root /usr/local/sbin/bin-proxy.sh >/dev/null 2>&1";
+// Its output is not thrown away: cron mails what a pass prints (nothing, unless it fails).
+const SEED_CRON_LINE = "* * * * * root /usr/local/sbin/bin-proxy.sh";
 const OLD_SCRIPT = "#!/bin/sh\n# the old bin-proxy.sh\necho old\n";
 // What bin-proxy.sh becomes: the host's path, whatever DESTDIR the install used.
 const WRAPPER = '#!/bin/sh\nexec /usr/local/sbin/bin-proxy "$@"\n';
@@ -25,22 +27,23 @@ const ASSETS = ["bin-proxy-linux-x86_64", "bin-proxy-linux-aarch64"] as const;
 const scratch = mkdtempSync(join(tmpdir(), "bin-proxy-install-test-"));
 const sha256 = (data: string | Uint8Array) => new Bun.CryptoHasher("sha256").update(data).digest("hex");
 
-// A fake release executable: answers --version like bin-proxy, or fails it like a binary that
-// cannot run on the host. MARKER lets a test see that --version is running; RAN, that a cron
-// line reached it (and with which arguments).
-function fakeExecutable(version: string, arch: string, runs = true): string {
+// A fake release executable: answers --version like bin-proxy (or like another program, `name`),
+// or fails it like a binary that cannot run on the host. MARKER lets a test see that --version is
+// running; RAN, that a cron line reached it (and with which arguments); run that way, it prints a
+// line, as a failing pass does, for cron to mail.
+function fakeExecutable(version: string, arch: string, runs = true, name = "bin-proxy"): string {
   return runs
     ? `#!/bin/sh\nif [ -n "\${MARKER:-}" ]; then : >"$MARKER"; sleep 1; fi\n` +
-        `if [ -n "\${RAN:-}" ]; then echo "bin-proxy ${version} (${arch}) ran with [$*]" >>"$RAN"; fi\n` +
-        `[ "$1" = --version ] && echo "bin-proxy ${version} (${arch})"\nexit 0\n`
+        `if [ -n "\${RAN:-}" ]; then echo "bin-proxy ${version} (${arch}) ran with [$*]" >>"$RAN"; echo "what a pass printed"; fi\n` +
+        `[ "$1" = --version ] && echo "${name} ${version} (${arch})"\nexit 0\n`
     : `#!/bin/sh\necho "cannot execute binary file: Exec format error" >&2\nexit 126\n`;
 }
 
 // Releases served under /<name>/, each a map of file name to content.
 const releases = new Map<string, Map<string, string>>();
-function addRelease(name: string, version: string, opts: { runs?: boolean; sums?: "ok" | "wrong" | "missing" } = {}) {
+function addRelease(name: string, version: string, opts: { runs?: boolean; sums?: "ok" | "wrong" | "missing"; program?: string } = {}) {
   const files = new Map<string, string>();
-  for (const asset of ASSETS) files.set(asset, fakeExecutable(version, asset.slice("bin-proxy-linux-".length), opts.runs));
+  for (const asset of ASSETS) files.set(asset, fakeExecutable(version, asset.slice("bin-proxy-linux-".length), opts.runs, opts.program));
   const sums = ASSETS.map((asset) => {
     const hash = opts.sums === "wrong" ? sha256(`not ${asset}`) : sha256(files.get(asset)!);
     return `${hash}  ${asset}\n`;
@@ -55,9 +58,37 @@ const v2 = addRelease("v2", "2.0.0");
 addRelease("badsum", "1.0.0", { sums: "wrong" });
 addRelease("nosum", "1.0.0", { sums: "missing" });
 addRelease("broken", "1.0.0", { runs: false });
+addRelease("impostor", "1.0.0", { program: "manager" });
+
+/** Signs a release's SHA256SUMS with the real minisign, as a release pipeline does; `tamper` changes SHA256SUMS after signing. */
+function signRelease(files: Map<string, string>, secretKey: string, tamper = false) {
+  const dir = newDir("sign");
+  writeFileSync(join(dir, "SHA256SUMS"), files.get("SHA256SUMS")!);
+  const signed = Bun.spawnSync([minisign(), "-S", "-s", secretKey, "-m", join(dir, "SHA256SUMS")], { stdin: "ignore" });
+  if (signed.exitCode !== 0) throw new Error(`minisign -S failed: ${signed.stderr.toString()}`);
+  files.set("SHA256SUMS.minisig", readFileSync(join(dir, "SHA256SUMS.minisig"), "utf8"));
+  if (tamper) files.set("SHA256SUMS", files.get("SHA256SUMS")!.replace(/^[0-9a-f]/, (c) => (c === "0" ? "1" : "0")));
+}
+
+function minisign(): string {
+  const path = Bun.which("minisign");
+  if (!path) throw new Error("minisign is not installed (apt-get install minisign): the installer's --pubkey must be tested with it");
+  return path;
+}
+
+/** A minisign key pair without a password, as `minisign -G -W` writes it: the public key's file and base64 line, and the secret key's file. */
+function keyPair(): { pubFile: string; pub: string; secret: string } {
+  const dir = newDir("key");
+  const made = Bun.spawnSync([minisign(), "-G", "-W", "-p", join(dir, "key.pub"), "-s", join(dir, "key.sec")], { stdin: "ignore" });
+  if (made.exitCode !== 0) throw new Error(`minisign -G failed: ${made.stderr.toString()}`);
+  const pubFile = join(dir, "key.pub");
+  return { pubFile, pub: readFileSync(pubFile, "utf8").trim().split("\n").at(-1)!, secret: join(dir, "key.sec") };
+}
 
 let server: ReturnType<typeof Bun.serve>;
 let downUrl = "";
+/** Every path the release server was asked for, in order. */
+const served: string[] = [];
 const url = (release: string) => `http://127.0.0.1:${server.port}/${release}`;
 
 beforeAll(async () => {
@@ -66,6 +97,7 @@ beforeAll(async () => {
     port: 0,
     fetch(req) {
       const [, release = "", file = ""] = new URL(req.url).pathname.split("/");
+      served.push(`${release}/${file}`);
       const body = releases.get(release)?.get(file);
       return body === undefined ? new Response("not found\n", { status: 404 }) : new Response(body);
     },
@@ -348,15 +380,35 @@ describe("install", () => {
     expect(cronLines(root)).toContain(`bin-proxy: ${SEED_CRON_LINE}`);
   });
 
-  test("second run changes nothing, on a fresh host and on an old one", async () => {
+  test("second run changes nothing and downloads only SHA256SUMS, on a fresh host and on an old one", async () => {
     for (const root of [newDir("root"), oldHost()]) {
       expectOk(await install(root, ["--release-url", url("v1")]));
       const before = snapshot(root);
+      served.length = 0;
       const run = await install(root, ["--release-url", url("v1")]);
       expectOk(run);
       expect(snapshot(root)).toEqual(before);
       expect(run.stdout).toContain("is already this release");
+      expect(served).toEqual(["v1/SHA256SUMS"]);
     }
+  });
+
+  test("an installed executable that differs from the release is replaced, whichever is newer", async () => {
+    const root = newDir("root");
+    expectOk(await install(root, ["--release-url", url("v2")]));
+    served.length = 0;
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    expect(read(root, "usr/local/sbin/bin-proxy")).toBe(v1.get(hostAsset())!);
+    expect(served).toEqual(["v1/SHA256SUMS", `v1/${hostAsset()}`]);
+  });
+
+  test("the cron line it writes keeps the output, for cron to mail", async () => {
+    const root = newDir("root");
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    const line = read(root, "etc/cron.d/bin-proxy").split("\n").find((l) => l.startsWith("* "))!;
+    expect(line).toBe(SEED_CRON_LINE);
+    const command = line.replace(/^(\S+\s+){5}root\s+/, "");
+    expect(await runCronCommand(root, command)).toEqual({ stdout: "what a pass printed\n", ran: `bin-proxy 1.0.0 (${hostAsset().slice("bin-proxy-linux-".length)}) ran with []\n` });
   });
 
   test("a new release replaces bin-proxy only", async () => {
@@ -459,6 +511,13 @@ describe("install failures leave the host as it was", () => {
     expectFailedCleanly(await install(root, ["--release-url", url("nosuch")]), before, root, /cannot download/);
   });
 
+  test("an executable whose --version does not start with 'bin-proxy ' is refused", async () => {
+    for (const root of [newDir("root"), oldHost()]) {
+      const before = snapshot(root);
+      expectFailedCleanly(await install(root, ["--release-url", url("impostor")]), before, root, /is not bin-proxy: its --version said 'manager 1\.0\.0 .*nothing was installed/);
+    }
+  });
+
   test("an executable that does not run here: directories it made are removed again", async () => {
     const fresh = newDir("root");
     const upgraded = oldHost();
@@ -530,7 +589,7 @@ describe("install failures leave the host as it was", () => {
 });
 
 describe("--uninstall", () => {
-  test("restores the old script and leaves config, manifest, state and cron line", async () => {
+  test("restores the old script and leaves config, manifest, state and the host's own cron line", async () => {
     const root = oldHost();
     const original = snapshot(root);
     expectOk(await install(root, ["--release-url", url("v1")]));
@@ -542,20 +601,38 @@ describe("--uninstall", () => {
     const created = ["d var", "d var/lib", "d var/lib/bin-proxy", "d var/run", "d var/run/bin-proxy"];
     expect(snapshot(root).filter((l) => !created.some((c) => l.startsWith(`${c} `)))).toEqual(original);
     expect(run.stdout).toContain("restored");
-    expect(run.stdout).toMatch(/left as they are: .*config and manifest.*cron line/);
+    expect(run.stdout).toMatch(/left as they are: .*config and manifest.* the cron line/);
 
     const again = await install(root, ["--uninstall"]);
     expectOk(again);
     expect(again.stdout).toContain("is not installed");
   });
 
-  test("on a host installed fresh: removes bin-proxy and the wrapper, keeps the rest", async () => {
+  test("on a host installed fresh: removes bin-proxy, the wrapper and the cron file it wrote, keeps the rest", async () => {
     const root = newDir("root");
     expectOk(await install(root, ["--release-url", url("v1")]));
-    expectOk(await install(root, ["--uninstall"]));
+    const run = await install(root, ["--uninstall"]);
+    expectOk(run);
     expect(readdirSync(join(root, "usr/local/sbin"))).toEqual([]);
-    expect(cronLines(root)).toEqual([`bin-proxy: ${SEED_CRON_LINE}`]);
+    expect(readdirSync(join(root, "etc/cron.d"))).toEqual([]);
+    expect(run.stdout).toContain(`removed ${root}/etc/cron.d/bin-proxy`);
     expect(readdirSync(join(root, "etc/bin-proxy")).sort()).toEqual(["bin-manifests.json", "config"]);
+  });
+
+  test("a cron file at its path that install.sh did not write as it is now is left alone", async () => {
+    const edited = newDir("root");
+    expectOk(await install(edited, ["--release-url", url("v1")]));
+    const changed = read(edited, "etc/cron.d/bin-proxy").replace("* * * * *", "*/5 * * * *");
+    put(edited, "etc/cron.d/bin-proxy", changed);
+    const notOurs = oldHost("");
+    put(notOurs, "etc/cron.d/bin-proxy", "* * * * * root /usr/local/sbin/bin-proxy.sh\n");
+    expectOk(await install(notOurs, ["--release-url", url("v1")]));
+    for (const [root, content] of [[edited, changed], [notOurs, "* * * * * root /usr/local/sbin/bin-proxy.sh\n"]] as const) {
+      const run = await install(root, ["--uninstall"]);
+      expectOk(run);
+      expect(read(root, "etc/cron.d/bin-proxy")).toBe(content);
+      expect(run.stderr).toContain("is not the file install.sh wrote");
+    }
   });
 
   test("an old script put back by someone else is left alone", async () => {
@@ -571,6 +648,99 @@ describe("--uninstall", () => {
   });
 });
 
+describe("--pubkey: SHA256SUMS.minisig verified with minisign before the checksums are trusted", () => {
+  let key: ReturnType<typeof keyPair>;
+  beforeAll(() => {
+    key = keyPair();
+    const other = keyPair();
+    signRelease(addRelease("signed", "1.0.0"), key.secret);
+    signRelease(addRelease("signed2", "2.0.0"), key.secret);
+    signRelease(addRelease("otherkey", "1.0.0"), other.secret);
+    signRelease(addRelease("tampered", "1.0.0"), key.secret, true);
+    addRelease("unsigned", "1.0.0");
+  });
+
+  test("a good signature, the key as its base64 line or as minisign's file: installed", async () => {
+    for (const pubkey of [key.pub, key.pubFile]) {
+      const root = newDir("root");
+      served.length = 0;
+      const run = await install(root, ["--release-url", url("signed"), "--pubkey", pubkey]);
+      expectOk(run);
+      expect(run.stdout).toMatch(/SHA256SUMS is signed by the --pubkey key \(timestamp:\d+\tfile:SHA256SUMS\thashed\)/);
+      expect(read(root, "usr/local/sbin/bin-proxy")).toBe(releases.get("signed")!.get(hostAsset())!);
+      expect(served).toEqual(["signed/SHA256SUMS", "signed/SHA256SUMS.minisig", `signed/${hostAsset()}`]);
+      expect(existsSync(join(root, "etc/bin-proxy/trusted-keys"))).toBe(false);
+    }
+  });
+
+  test.each([
+    ["signed by another key", "otherkey", /SHA256SUMS\.minisig does not verify with the --pubkey key \(.*key id.*\); nothing was installed/],
+    ["SHA256SUMS changed after signing", "tampered", /SHA256SUMS\.minisig does not verify with the --pubkey key \(Signature verification failed\); nothing was installed/],
+    ["no SHA256SUMS.minisig", "unsigned", /cannot download .*SHA256SUMS\.minisig, which --pubkey requires; nothing was installed/],
+  ])("%s: refused, nothing downloaded but the two small files, the host as it was", async (_, release, message) => {
+    for (const root of [newDir("root"), oldHost()]) {
+      const before = snapshot(root);
+      served.length = 0;
+      expectFailedCleanly(await install(root, ["--release-url", url(release), "--pubkey", key.pub]), before, root, message);
+      expect(served).toEqual([`${release}/SHA256SUMS`, `${release}/SHA256SUMS.minisig`]);
+    }
+  });
+
+  test("minisign missing: refused before anything is downloaded, not skipped", async () => {
+    const root = oldHost();
+    const before = snapshot(root);
+    served.length = 0;
+    const run = await install(root, ["--release-url", url("signed"), "--pubkey", key.pub], { path: pathWithout("minisign") });
+    expectFailedCleanly(run, before, root, /--pubkey needs the minisign command .*not installed \(apt-get install minisign\); nothing was installed/);
+    expect(served).toEqual([]);
+  });
+
+  test("a --pubkey that is not a minisign public key is a usage error", async () => {
+    const root = newDir("root");
+    for (const bad of ["RWQnotakey", "hello", join(scratch, "no-such-key.pub")]) {
+      const run = await install(root, ["--release-url", url("signed"), "--pubkey", bad]);
+      expect(run.code).toBe(2);
+      expect(run.stderr).toContain("--pubkey: not a minisign public key");
+    }
+    expect(readdirSync(root)).toEqual([]);
+  });
+
+  test("--trust-pubkey installs the key as /etc/bin-proxy/trusted-keys, which minisign itself reads; kept on later runs", async () => {
+    const root = newDir("root");
+    const run = await install(root, ["--release-url", url("signed"), "--pubkey", key.pubFile, "--trust-pubkey"]);
+    expectOk(run);
+    expect(run.stdout).toContain("created " + join(root, "etc/bin-proxy/trusted-keys"));
+    expect(modeOf(root, "etc/bin-proxy/trusted-keys")).toBe("644");
+    // The file is a minisign public key file: the reference tool verifies the release with it.
+    const dir = newDir("check");
+    writeFileSync(join(dir, "SHA256SUMS"), releases.get("signed")!.get("SHA256SUMS")!);
+    writeFileSync(join(dir, "SHA256SUMS.minisig"), releases.get("signed")!.get("SHA256SUMS.minisig")!);
+    const check = Bun.spawnSync([minisign(), "-V", "-p", join(root, "etc/bin-proxy/trusted-keys"), "-m", join(dir, "SHA256SUMS")]);
+    expect(check.exitCode).toBe(0);
+    const keys = read(root, "etc/bin-proxy/trusted-keys");
+    const again = await install(root, ["--release-url", url("signed2"), "--pubkey", key.pub, "--trust-pubkey"]);
+    expectOk(again);
+    expect(again.stdout).toContain("(it holds this key)");
+    expect(read(root, "etc/bin-proxy/trusted-keys")).toBe(keys);
+  });
+
+  test("--trust-pubkey leaves a trusted-keys file that holds other keys as it is, and says so", async () => {
+    const root = newDir("root");
+    const other = keyPair();
+    put(root, "etc/bin-proxy/trusted-keys", readFileSync(other.pubFile, "utf8"));
+    const run = await install(root, ["--release-url", url("signed"), "--pubkey", key.pub, "--trust-pubkey"]);
+    expectOk(run);
+    expect(read(root, "etc/bin-proxy/trusted-keys")).toBe(readFileSync(other.pubFile, "utf8"));
+    expect(run.stderr).toContain("does not hold this key: left it as it is");
+  });
+
+  test("--trust-pubkey without --pubkey is a usage error", async () => {
+    const run = await install(newDir("root"), ["--release-url", url("signed"), "--trust-pubkey"]);
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain("--trust-pubkey needs --pubkey KEY");
+  });
+});
+
 describe("usage", () => {
   test("no release URL, unknown argument, --help", async () => {
     const root = newDir("root");
@@ -582,7 +752,7 @@ describe("usage", () => {
     expect(unknown.stderr).toContain("unknown argument: --frobnicate");
     const help = await install(root, ["--help"]);
     expect(help.code).toBe(0);
-    expect(help.stdout).toContain("usage: sh install.sh [--release-url URL] [--uninstall]");
+    expect(help.stdout).toContain("usage: sh install.sh [--release-url URL] [--pubkey KEY [--trust-pubkey]] [--uninstall]");
     expect(readdirSync(root)).toEqual([]);
   });
 
