@@ -117,7 +117,7 @@ function versionLabel(name: string | undefined): string {
  * manifest are dropped, with their counters.
  */
 export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState {
-  const record: RunRecord = {
+  const thisRun: RunRecord = {
     kind: run.kind,
     at: new Date(run.startedAt.getTime() + run.durationMs).toISOString(),
     durationMs: Math.max(0, Math.round(run.durationMs)),
@@ -152,9 +152,9 @@ export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState 
   }
   return {
     runs: { ...previous.runs, [run.kind]: previous.runs[run.kind] + 1 },
-    lastRun: record,
-    lastPass: countsAsPass ? record : previous.lastPass,
-    lastSuccessAt: run.kind === "pass" && run.exitCode === 0 ? record.at : previous.lastSuccessAt,
+    lastRun: thisRun,
+    lastPass: countsAsPass ? thisRun : previous.lastPass,
+    lastSuccessAt: run.kind === "pass" && run.exitCode === 0 ? thisRun.at : previous.lastSuccessAt,
     signaturesRequired: run.signaturesRequired ?? previous.signaturesRequired,
     binaries,
   };
@@ -447,14 +447,14 @@ export function recordRun(metricsFile: string | null, stateDir: string | null, r
   try {
     // Runs at the same time (a cron pass and an operator's command) take turns: read, merge and
     // write under one flock, or one could write back a count the other had already raised.
-    if (stateDir !== null && existsSync(stateDir)) return withExclusiveLock(join(stateDir, LOCK_FILE), () => record(metricsFile, metricsStatePath(stateDir), run), 5_000);
-    return record(metricsFile, null, run);
+    if (stateDir !== null && existsSync(stateDir)) return withExclusiveLock(join(stateDir, LOCK_FILE), () => mergeAndWrite(metricsFile, metricsStatePath(stateDir), run), 5_000);
+    return mergeAndWrite(metricsFile, null, run);
   } catch (err) {
     return `metrics not recorded: ${errorText(err)}`;
   }
 }
 
-function record(metricsFile: string | null, statePath: string | null, run: RunMetrics): string | null {
+function mergeAndWrite(metricsFile: string | null, statePath: string | null, run: RunMetrics): string | null {
   const problems: string[] = [];
   let saved: MetricsState | null = null;
   let published: MetricsState | null = null;
