@@ -1,6 +1,6 @@
-// Compiles bin-proxy.ts into self-contained executables: dist/bin-proxy for this machine, or (--release) one per architecture and SHA256SUMS.
+// Compiles bin-proxy.ts into self-contained executables: dist/bin-proxy for this machine, or (--release) a whole release: one per architecture, install.sh, SHA256SUMS, and minisign signatures.
 import { $ } from "bun";
-import { mkdirSync, mkdtempSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { hashFile } from "../lib/hash.ts";
@@ -90,10 +90,15 @@ async function runtimeFromNpm(npmPackage: string, dir: string): Promise<string> 
   return join(dir, "package", "bin", "bun");
 }
 
-/** Writes every release asset into dir, then SHA256SUMS for them in the format `sha256sum -c` reads. */
-export async function buildRelease(dir: string, options: Pick<CompileOptions, "commit"> = {}): Promise<string[]> {
+export interface ReleaseOptions extends Pick<CompileOptions, "commit"> {
+  /** A minisign secret key file (BIN_PROXY_SIGNING_KEY): sign the release with it. */
+  signingKey?: string;
+}
+
+/** Writes every release asset into dir, then the files that complete a release (writeReleaseFiles). Returns every file written. */
+export async function buildRelease(dir: string, options: ReleaseOptions = {}): Promise<string[]> {
+  if (options.signingKey !== undefined) checkSigningKey(options.signingKey); // before minutes of compiling, not after
   mkdirSync(dir, { recursive: true });
-  const sums: string[] = [];
   for (const { asset, target, npmPackage } of RELEASE_ASSETS) {
     const outfile = join(dir, asset);
     try {
@@ -107,16 +112,49 @@ export async function buildRelease(dir: string, options: Pick<CompileOptions, "c
         rmSync(scratch, { recursive: true, force: true });
       }
     }
-    sums.push(`${hashFile(outfile)}  ${asset}\n`);
   }
-  writeFileAtomic(join(dir, "SHA256SUMS"), sums.join(""));
-  return RELEASE_ASSETS.map(({ asset }) => join(dir, asset));
+  return [...RELEASE_ASSETS.map(({ asset }) => join(dir, asset)), ...writeReleaseFiles(dir, options.signingKey)];
+}
+
+/**
+ * Completes a release in dir beside the executables, so that serving dir is the whole release:
+ * install.sh, and SHA256SUMS (in the format `sha256sum -c` reads) for the executables and
+ * install.sh. With a minisign secret key: `ASSET.sha256` beside each executable (what bin-proxy's
+ * self-update fetches, SPEC §9), and a `.minisig` for each of those and for SHA256SUMS (what
+ * `install.sh --pubkey` verifies), made by the minisign command itself. Without one, signatures
+ * an earlier signed build left are removed: they would not match these files. Returns the files written.
+ */
+export function writeReleaseFiles(dir: string, signingKey?: string): string[] {
+  const installer = join(dir, "install.sh");
+  writeFileAtomic(installer, readFileSync(join(root, "scripts", "install.sh")), { mode: 0o755 });
+  const shipped = [...RELEASE_ASSETS.map(({ asset }) => asset), "install.sh"];
+  const sums = join(dir, "SHA256SUMS");
+  writeFileAtomic(sums, shipped.map((name) => `${hashFile(join(dir, name))}  ${name}\n`).join(""));
+  const checksumFiles = RELEASE_ASSETS.map(({ asset }) => join(dir, `${asset}.sha256`));
+  const signed = [sums, ...checksumFiles];
+  if (signingKey === undefined) {
+    for (const file of [...checksumFiles, ...signed.map((f) => `${f}.minisig`)]) rmSync(file, { force: true });
+    return [installer, sums];
+  }
+  checkSigningKey(signingKey);
+  for (const [i, { asset }] of RELEASE_ASSETS.entries()) writeFileAtomic(checksumFiles[i]!, `${hashFile(join(dir, asset))}  ${asset}\n`);
+  for (const file of signed) {
+    // stdin is the terminal's: a key with a password asks for it (minisign reads it itself, without echo).
+    const result = Bun.spawnSync(["minisign", "-S", "-s", signingKey, "-m", file], { stdin: "inherit", stdout: "pipe", stderr: "pipe" });
+    if (result.exitCode !== 0) throw new Error(`minisign -S -s ${signingKey} -m ${file} failed (exit ${result.exitCode}): ${result.stderr.toString().trim()}`);
+  }
+  return [installer, sums, ...checksumFiles, ...signed.map((f) => `${f}.minisig`)];
+}
+
+function checkSigningKey(signingKey: string): void {
+  if (!Bun.which("minisign")) throw new Error("BIN_PROXY_SIGNING_KEY is set, but the minisign command is not installed (apt-get install minisign)");
+  if (!existsSync(signingKey)) throw new Error(`BIN_PROXY_SIGNING_KEY names ${signingKey}, which does not exist (a minisign secret key, as minisign -G writes it)`);
 }
 
 if (import.meta.main) {
   if (process.argv.includes("--release")) {
-    for (const file of await buildRelease(DIST)) console.log(`built ${file}`);
-    console.log(`wrote ${join(DIST, "SHA256SUMS")}`);
+    // An empty BIN_PROXY_SIGNING_KEY counts as unset, as bin-proxy's own settings do.
+    for (const file of await buildRelease(DIST, { signingKey: process.env.BIN_PROXY_SIGNING_KEY || undefined })) console.log(`wrote ${file}`);
   } else {
     const outfile = join(DIST, "bin-proxy");
     await compile(outfile, nativeTarget());

@@ -1,10 +1,10 @@
-// Tests of the release build: both targets built and checksummed, the build ignores a hostile working directory, the aarch64 executable runs a pass under qemu.
+// Tests of the release build: both targets built, checksummed and signed with the real minisign, dist/ served as a release installs, the build ignores a hostile working directory, the aarch64 executable runs a pass under qemu.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pkg from "../package.json" with { type: "json" };
-import { buildRelease, RELEASE_ASSETS } from "../scripts/build.ts";
+import { buildRelease, RELEASE_ASSETS, writeReleaseFiles } from "../scripts/build.ts";
 import { artifact, startBinManager, type BinManager } from "./fixture/bin-manager.ts";
 import { hostPool, runBinProxy, type Host } from "./fixture/host.ts";
 
@@ -60,11 +60,13 @@ function expectInstalled(h: Host, name: string, app: ReturnType<typeof artifact>
 }
 
 describe("release build", () => {
-  test("writes both executables and a SHA256SUMS that sha256sum -c accepts", () => {
+  test("writes both executables, install.sh and a SHA256SUMS of the three that sha256sum -c accepts; unsigned, no signatures", () => {
     const sums = readFileSync(join(dist, "SHA256SUMS"), "utf8");
-    expect(sums).toMatch(/^([0-9a-f]{64} {2}bin-proxy-linux-(x86_64|aarch64)\n){2}$/);
+    expect(sums).toMatch(/^([0-9a-f]{64} {2}bin-proxy-linux-(x86_64|aarch64)\n){2}[0-9a-f]{64} {2}install\.sh\n$/);
+    expect(readFileSync(join(dist, "install.sh"), "utf8")).toBe(readFileSync(join(import.meta.dir, "../scripts/install.sh"), "utf8"));
+    expect(readdirSync(dist).sort()).toEqual(["SHA256SUMS", "bin-proxy-linux-aarch64", "bin-proxy-linux-x86_64", "install.sh"]);
     const check = Bun.spawnSync(["sha256sum", "-c", "--strict", "SHA256SUMS"], { cwd: dist });
-    expect(check.stdout.toString()).toBe("bin-proxy-linux-x86_64: OK\nbin-proxy-linux-aarch64: OK\n");
+    expect(check.stdout.toString()).toBe("bin-proxy-linux-x86_64: OK\nbin-proxy-linux-aarch64: OK\ninstall.sh: OK\n");
     expect(check.exitCode).toBe(0);
     // A changed byte is caught: the file really describes these executables.
     writeFileSync(join(scratch, "SHA256SUMS"), sums.replace(/^[0-9a-f]/, (c) => (c === "0" ? "1" : "0")));
@@ -92,11 +94,13 @@ describe("release build", () => {
     // NO_PROXY would exempt the API from the proxy, and NODE_NAME would win over the file: leave both out.
     const { NO_PROXY: _noProxy, NODE_NAME: _nodeName, ...env } = h.env(bm.api);
 
-    // What these files would do if they were loaded: the same settings in the environment break
-    // the pass (--dry-run, so this check leaves no hold behind) and run the preload.
-    const proxied = await runBinProxy(["--dry-run"], { ...env, HTTP_PROXY: dead }, { executable: x86_64 });
-    expect(proxied.code).toBe(1);
-    expect(proxied.stderr).toContain("target_unavailable");
+    // What these files would do if they were loaded: the same settings in the environment change
+    // the node name the API is told (--dry-run, so this check changes nothing) and run the preload.
+    // (HTTP_PROXY would reroute an API that is not on loopback; loopback is always reached directly.)
+    bm.clearRequests();
+    const renamed = await runBinProxy(["--dry-run"], { ...env, NODE_NAME: "from-dotenv" }, { executable: x86_64 });
+    expect(renamed.code).toBe(0);
+    expect(bm.requests.some((r) => JSON.stringify(r).includes("from-dotenv"))).toBe(true);
     const preload = await runBinProxy(["--version"], { ...env, BUN_OPTIONS: `--preload ${join(h.root, "preload.ts")}` }, { executable: x86_64 });
     expect(preload.code).toBe(0);
     expect(existsSync(preloaded)).toBe(true);
@@ -109,6 +113,92 @@ describe("release build", () => {
     expect(existsSync(preloaded)).toBe(false);
     expect(sha256Of(join(h.binDir, name))).toBe(app.sha256);
     expect(bm.requests.some((r) => JSON.stringify(r).includes("from-dotenv"))).toBe(false);
+  });
+});
+
+describe("a signed release (BIN_PROXY_SIGNING_KEY), signed by the real minisign", () => {
+  const minisign = () => {
+    const path = Bun.which("minisign");
+    if (!path) throw new Error("minisign is not installed (apt-get install minisign): the release signatures must be checked with it");
+    return path;
+  };
+  let signed: string;
+  let pub: string;
+  let secret: string;
+  beforeAll(() => {
+    signed = join(scratch, "signed");
+    mkdirSync(signed);
+    for (const { asset } of RELEASE_ASSETS) copyFileSync(assetPath(asset), join(signed, asset));
+    const made = Bun.spawnSync([minisign(), "-G", "-W", "-p", join(scratch, "release.pub"), "-s", join(scratch, "release.key")], { stdin: "ignore" });
+    if (made.exitCode !== 0) throw new Error(made.stderr.toString());
+    pub = join(scratch, "release.pub");
+    secret = join(scratch, "release.key");
+    writeReleaseFiles(signed, secret);
+  });
+
+  const verifies = (file: string) => Bun.spawnSync([minisign(), "-V", "-p", pub, "-m", file], { stdin: "ignore" }).exitCode === 0;
+
+  test("SHA256SUMS and a FILE.sha256 beside each executable, each with a .minisig that minisign -V accepts", () => {
+    expect(readdirSync(signed).sort()).toEqual([
+      "SHA256SUMS", "SHA256SUMS.minisig",
+      "bin-proxy-linux-aarch64", "bin-proxy-linux-aarch64.sha256", "bin-proxy-linux-aarch64.sha256.minisig",
+      "bin-proxy-linux-x86_64", "bin-proxy-linux-x86_64.sha256", "bin-proxy-linux-x86_64.sha256.minisig",
+      "install.sh",
+    ]);
+    for (const { asset } of RELEASE_ASSETS) {
+      expect(readFileSync(join(signed, `${asset}.sha256`), "utf8")).toBe(`${sha256Of(join(signed, asset))}  ${asset}\n`);
+      expect(verifies(join(signed, `${asset}.sha256`))).toBe(true);
+    }
+    expect(verifies(join(signed, "SHA256SUMS"))).toBe(true);
+    // The signatures really cover these files: one changed byte and minisign refuses.
+    const copy = join(scratch, "SHA256SUMS");
+    writeFileSync(copy, readFileSync(join(signed, "SHA256SUMS"), "utf8").replace(/^[0-9a-f]/, (c) => (c === "0" ? "1" : "0")));
+    copyFileSync(join(signed, "SHA256SUMS.minisig"), `${copy}.minisig`);
+    expect(verifies(copy)).toBe(false);
+  });
+
+  test("serving the release directory is a complete release: install.sh --pubkey from it installs the real executable", async () => {
+    const server = Bun.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      fetch: (req) => {
+        const file = join(signed, new URL(req.url).pathname.slice(1));
+        return existsSync(file) ? new Response(Bun.file(file)) : new Response("not found\n", { status: 404 });
+      },
+    });
+    try {
+      const url = `http://127.0.0.1:${server.port}`;
+      const root = join(scratch, "installed");
+      mkdirSync(root);
+      // The one-liner of the README: the installer fetched from the release, its key given by file.
+      const proc = Bun.spawn(["sh", "-c", `curl -fsS "$URL/install.sh" | dash -s -- --release-url "$URL" --pubkey "$PUB"`], {
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", URL: url, PUB: pub, DESTDIR: root, NO_PROXY: "127.0.0.1", no_proxy: "127.0.0.1" },
+        stdin: "ignore",
+        stdout: "pipe",
+        stderr: "pipe",
+      });
+      const [stdout, stderr, code] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
+      if (code !== 0) throw new Error(`install.sh exited ${code}:\n${stdout}\n${stderr}`);
+      expect(stdout).toContain("SHA256SUMS is signed by the --pubkey key");
+      expect(sha256Of(join(root, "usr/local/sbin/bin-proxy"))).toBe(sha256Of(x86_64));
+      expect(stdout).toMatch(/installed .*usr\/local\/sbin\/bin-proxy \(bin-proxy \d+\.\d+\.\d+ \(commit /);
+    } finally {
+      await server.stop(true);
+    }
+  });
+
+  test("an unsigned build over a signed one removes the signatures it left", () => {
+    const dir = join(scratch, "resigned");
+    mkdirSync(dir);
+    for (const file of readdirSync(signed)) copyFileSync(join(signed, file), join(dir, file));
+    writeReleaseFiles(dir);
+    expect(readdirSync(dir).sort()).toEqual(["SHA256SUMS", "bin-proxy-linux-aarch64", "bin-proxy-linux-x86_64", "install.sh"]);
+  });
+
+  test("a signing key that does not exist stops the build before anything is compiled", async () => {
+    const out = join(scratch, "never");
+    await expect(buildRelease(out, { signingKey: join(scratch, "no-such.key") })).rejects.toThrow(/BIN_PROXY_SIGNING_KEY names .*no-such\.key, which does not exist/);
+    expect(existsSync(out)).toBe(false);
   });
 });
 
