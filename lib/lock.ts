@@ -239,6 +239,3 @@ async function terminate(holder: HolderLine, graceMs: number): Promise<void> {
   deadline = Date.now() + 10_000;
   while (stillRuns(holder) && Date.now() < deadline) await Bun.sleep(20);
 }
-
-// TEMPORARY until update.ts imports it from lockinspect.ts
-export { previewLock } from "./lockinspect.ts";

@@ -21,6 +21,8 @@ export interface Entry {
   previousVersion: Sha256 | null;
   port: number;
   hold: Hold | null;
+  /** Earlier holds still in force on other versions (a rollback keeps the hold on a broken target); absent when none. */
+  otherHolds?: Hold[];
 }
 
 export interface RejectedEntry {
@@ -112,6 +114,10 @@ export function parseManifest(text: string): Manifest {
       port,
       hold: parseHold(raw.hold, where),
     };
+    if (raw.otherHolds !== undefined) {
+      if (!Array.isArray(raw.otherHolds)) throw new ManifestError(`${where}: otherHolds must be an array of holds`);
+      entry.otherHolds = raw.otherHolds.map((h, i) => parseHold(h, `${where}.otherHolds[${i}]`)).filter((h): h is Hold => h !== null);
+    }
     const problem = nameProblem(binaryName) ?? (serviceName && nameProblem(serviceName));
     if (problem) rejected.push({ label: JSON.stringify(binaryName).slice(0, 80), reason: `${where}: ${problem}` });
     else entries.push(entry);
@@ -142,7 +148,7 @@ export function readManifestOrLog(path: string, log: Logger): Manifest | null {
 
 /** A change to the manifest: fields set on one entry (undefined removes a field), or new node info. */
 export type ManifestEdit =
-  | { binaryName: string; fields: { version?: Sha256 | null; previousVersion?: Sha256 | null; hold?: Hold | null } }
+  | { binaryName: string; fields: { version?: Sha256 | null; previousVersion?: Sha256 | null; hold?: Hold | null; otherHolds?: Hold[] | null } }
   | { nodeInfo: NodeInfo };
 
 function applyEdit(doc: Json, edit: ManifestEdit): void {
@@ -153,9 +159,9 @@ function applyEdit(doc: Json, edit: ManifestEdit): void {
   const entry = (doc.binaries as Json[]).find((e) => e.binaryName === edit.binaryName);
   if (!entry) return; // removed from the manifest while we worked: nothing to record
   for (const [key, value] of Object.entries(edit.fields)) {
-    if (key === "hold") {
-      if (value) entry.hold = value;
-      else delete entry.hold;
+    if (key === "hold" || key === "otherHolds") {
+      if (value) entry[key] = value;
+      else delete entry[key];
     } else {
       entry[key] = value ?? "";
     }

@@ -57,7 +57,7 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
       target = await ctx.api.target(name);
     } catch (err) {
       log.error("target_unavailable", { bin: name, error: errorText(err) });
-      outcomes.push("failed");
+      outcomes.push(failedBeforeStart("target", err));
       continue;
     }
     if (options.dryRun) {
@@ -68,14 +68,19 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
       outcomes.push(await updateBinary(ctx, entry, target));
     } catch (err) {
       log.error("update_failed", { bin: name, error: errorText(err) });
-      outcomes.push("failed");
+      outcomes.push(failedBeforeStart("update", err));
     }
   }
   if (!options.dryRun) {
     sweepLeftovers(settings, manifest, log);
     ctx.cache.save();
   }
-  return manifest.rejected.length > 0 || outcomes.includes("failed") || log.errorCount > 0 ? EXIT_FAILED : EXIT_OK;
+  return manifest.rejected.length > 0 || outcomes.some((o) => o.kind === "failed") || log.errorCount > 0 ? EXIT_FAILED : EXIT_OK;
+}
+
+/** A binary whose update could not even start (the API did not name a target, or an unexpected error). */
+function failedBeforeStart(step: string, err: unknown): Outcome {
+  return { kind: "failed", step, error: errorText(err), undo: { kind: "nothing-to-restore" }, downloadedBytes: 0, rolledBack: false };
 }
 
 /**

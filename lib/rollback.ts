@@ -6,6 +6,8 @@ import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
 import { backupPath } from "./install.ts";
 import { prepareLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
+import { holdsOf } from "./hold.ts";
+import { readAttempt } from "./journal.ts";
 import { readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
 import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./pass.ts";
 import { updateBinary, type PassContext } from "./update.ts";
@@ -58,6 +60,12 @@ export async function rollback(settings: Settings, log: Logger, name: string, op
     log.error("rollback_refused", { bin: name, reason: to.problem });
     return EXIT_FAILED;
   }
+  const open = readAttempt(settings.stateDir, name);
+  if (open) {
+    const state = open.inconsistent ? `left inconsistent: ${open.inconsistent}` : "uncommitted";
+    log.error("rollback_refused", { bin: name, reason: `the update to ${short(open.target)} started ${open.startedAt} is ${state}; run a pass first (it finishes it, or rolls it back after its second death)` });
+    return EXIT_FAILED;
+  }
   try {
     prepareLockDir(settings.lockDir);
   } catch (err) {
@@ -69,15 +77,20 @@ export async function rollback(settings: Settings, log: Logger, name: string, op
   // The API has no release name for a version it no longer targets: report the short hash as its name.
   const outcome = await updateBinary(ctx, entry, { sha256: to, version: short(to) }, { kind: "backup" });
   cache.save();
-  switch (outcome) {
+  switch (outcome.kind) {
     case "updated":
       options.print(`${name}: rolled back to ${short(to)}; the version it left is held until the API names another (bin-proxy retry ${name} lifts the hold)`);
       return EXIT_OK;
     case "busy":
       log.error("rollback_refused", { bin: name, reason: `another run holds the lock of ${short(to)}; try again when it is done` });
       return EXIT_FAILED;
+    case "failed": {
+      const undo = outcome.undo.kind === "inconsistent" ? `inconsistent: ${outcome.undo.why}` : outcome.undo.kind === "restored" ? "put back as it was" : "nothing was changed";
+      log.error("rollback_failed", { bin: name, to: short(to), step: outcome.step, reason: outcome.error, undo });
+      return EXIT_FAILED;
+    }
     default:
-      log.error("rollback_failed", { bin: name, to: short(to), reason: "see the update_failed and rolled_back lines above" });
+      log.error("rollback_failed", { bin: name, to: short(to), reason: `unexpected outcome ${outcome.kind}` });
       return EXIT_FAILED;
   }
 }
@@ -86,18 +99,19 @@ export async function rollback(settings: Settings, log: Logger, name: string, op
 export function retry(settings: Settings, log: Logger, name: string, options: OperatorOptions): number {
   const entry = entryOf(settings, log, "retry", name);
   if (typeof entry === "number") return entry;
-  if (!entry.hold) {
+  const holds = holdsOf(entry);
+  if (holds.length === 0) {
     options.print(`${name}: no hold to clear; the next pass follows the API as usual`);
     return EXIT_OK;
   }
   try {
     prepareLockDir(settings.lockDir);
-    updateManifest(settings.manifest, settings.lockDir, [{ binaryName: name, fields: { hold: null } }]);
+    updateManifest(settings.manifest, settings.lockDir, [{ binaryName: name, fields: { hold: null, otherHolds: null } }]);
   } catch (err) {
     log.error("retry_failed", { bin: name, error: errorText(err) });
     return EXIT_FAILED;
   }
-  log.info("hold_cleared", { bin: name, version: short(entry.hold.version), failures: entry.hold.failures });
-  options.print(`${name}: hold on ${short(entry.hold.version)} cleared; the next pass tries the API's target again`);
+  for (const hold of holds) log.info("hold_cleared", { bin: name, version: short(hold.version), failures: hold.failures });
+  options.print(`${name}: hold on ${holds.map((h) => short(h.version)).join(", ")} cleared; the next pass tries the API's target again`);
   return EXIT_OK;
 }

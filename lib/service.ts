@@ -32,6 +32,30 @@ export async function supervisorStatus(path: string, programs: string[], timeout
 }
 
 /**
+ * The service manager cannot restart the program: a problem of this host (supervisord down, no
+ * supervisorctl, a program it does not know), not of the release, so the target is not held.
+ */
+export class ServiceUnavailable extends Error {}
+
+/**
+ * Checked before anything is swapped: supervisorctl answers with a state for the program. Throws
+ * ServiceUnavailable, in words that say how to fix the host, when it does not.
+ */
+export async function checkServiceAnswers(check: ServiceCheck): Promise<void> {
+  let output: string;
+  try {
+    output = await supervisorStatus(check.supervisorctl, [check.program], check.timeoutMs);
+  } catch (err) {
+    throw new ServiceUnavailable(`cannot run ${check.supervisorctl}: ${(err as Error).message}`);
+  }
+  if (parseState(output, check.program) !== null) return;
+  const why = /no such (process|group)/i.test(output)
+    ? `supervisord has no program ${check.program}: add a [program:${check.program}] section, or fix serviceName in the manifest`
+    : `supervisord does not answer: start it (or point SUPERVISORCTL at the right supervisorctl / -c config)`;
+  throw new ServiceUnavailable(`${why}; supervisorctl said: ${oneLine(output) || "nothing"}`);
+}
+
+/**
  * Restarts the program, then waits until supervisor reports it RUNNING and, when a port is given,
  * until it accepts a TCP connection on 127.0.0.1. Throws with the reason when it does not come up
  * within the time limit.

@@ -1,4 +1,21 @@
-// Owns one binary's update: the decision (pure), and the phases check, lock, download, install, restart, report.
+// Owns one binary's update as a transaction: the Attempt it carries, its steps each beside its undo, the resumption of a killed attempt, and the outcome as data.
+//
+// The whole flow (SPEC §6, §12). A normal update runs UPDATE_STEPS; `rollback NAME` runs ROLLBACK_STEPS;
+// a pass that finds an uncommitted attempt in the journal runs RESUME_STEPS, then FINISH_STEPS or
+// GIVE_UP_STEPS. When a step fails, every started step is undone, newest first (lib/phases.ts).
+//
+//   step      does                                           sets              undo                                  killed here, the next pass…
+//   check     hashes the binary on disk, plans               onDisk, plan      -                                     starts over
+//   lock      takes the version lock, plans again under it   lock              - (released at the end, always)       takes the dead holder's lock over
+//   service   supervisorctl answers for the program          service           restarts the program on what is on    starts over
+//                                                                              disk, if it was restarted meanwhile
+//   download  streams and verifies (rollback: the backup)    staged            removes the staged file               resumes the partial (§13)
+//   hold      (rollback) holds the version it leaves         holdsBefore       puts the holds back                   finds the hold; the operator retries
+//   journal   records the attempt (SPEC §12)                 record            removes the record, unless swapped    finds no record, or one not swapped: starts over
+//   backup    keeps the binary on disk under the state dir   backup            - (a spare copy, pruned at commit)    starts over
+//   install   renames the new file over the binary           swapped           puts the backup back, atomically      resumes: restarts and checks, counting the death
+//   restart   restarts, waits for RUNNING and the port       restarted         - (service's undo restarts again)     resumes, counting; the 2nd death gives up
+//   commit    manifest, journal done, progress, POST         -                 -                                     finds it committed; sends the report
 import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync } from "node:fs";
 import { join } from "node:path";
 import type { BinManagerClient, ProgressStatus, Target } from "./api.ts";
@@ -6,13 +23,18 @@ import type { Settings } from "./config.ts";
 import { discard, downloadVerified, partialPath, removePartials, type Downloaded } from "./download.ts";
 import { removeIfPresent } from "./fsx.ts";
 import { short, type HashCache, type Sha256 } from "./hash.ts";
-import { activeHold, describeHold, holdAfterFailure, holdAfterRollback } from "./hold.ts";
+import { activeHoldOf, addHold, describeHold, holdAfterRollback, holdsAfterFailure } from "./hold.ts";
 import { backupPath, installDownload, keepBackup, pruneBackups, restoreBackup, stageBackup } from "./install.ts";
-import { acquireVersionLock, previewLock, type VersionLock } from "./lock.ts";
+import {
+  judgeAttempt, MAX_UNCOMMITTED_DEATHS, readAttempt, readPendingReport, removeAttempt, removePendingReport, reportDue, writeAttempt, writePendingReport,
+  type AttemptRecord,
+} from "./journal.ts";
+import { acquireVersionLock, type VersionLock } from "./lock.ts";
+import { previewLock } from "./lockinspect.ts";
 import { errorText, type Logger } from "./log.ts";
 import { readManifest, updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
-import { runPhases, type Phase } from "./phases.ts";
-import { restartAndCheck } from "./service.ts";
+import { runSteps, type Step, type StepsResult, type Undo } from "./phases.ts";
+import { checkServiceAnswers, restartAndCheck, ServiceUnavailable, type ServiceCheck } from "./service.ts";
 
 /** What the pass shares with every binary's update. */
 export interface PassContext {
@@ -22,7 +44,11 @@ export interface PassContext {
   cache: HashCache;
 }
 
-export type Outcome = "up-to-date" | "adopted" | "held" | "busy" | "updated" | "failed";
+/** How one binary's update ended, as data: a failure says in which step, and what its undo achieved. */
+export type Outcome =
+  | { kind: "up-to-date" | "adopted" | "held" | "busy" }
+  | { kind: "updated"; downloadedBytes: number }
+  | { kind: "failed"; step: string; error: string; undo: Undo; downloadedBytes: number; rolledBack: boolean };
 
 /**
  * Where the version to install comes from. A pass downloads the API's target once the plan allows
@@ -47,7 +73,7 @@ export function plan(entry: Entry, onDisk: Sha256 | null, target: Sha256, now: D
     if (entry.version === null) return { kind: "adopt" };
     return { kind: "finish" };
   }
-  const hold = activeHold(entry.hold, target, now);
+  const hold = activeHoldOf(entry, target, now);
   return hold ? { kind: "held", hold } : { kind: "update" };
 }
 
@@ -76,6 +102,12 @@ export function currentHash(cache: HashCache, binPath: string): Sha256 | null {
 export function preview(ctx: PassContext, entry: Entry, target: Target): string {
   const binPath = binaryPath(ctx.settings, entry.binaryName);
   const onDisk = currentHash(ctx.cache, binPath);
+  const open = readAttempt(ctx.settings.stateDir, entry.binaryName);
+  if (open) {
+    const next = judgeAttempt(open, onDisk, entry.version);
+    if (next.kind === "finish") return `would resume the uncommitted update to ${short(open.target)} (restart and check; death ${next.deaths} of ${MAX_UNCOMMITTED_DEATHS})`;
+    if (next.kind === "give-up") return `would roll back the uncommitted update to ${short(open.target)} and hold it (its passes died ${next.deaths} times)`;
+  }
   const decision = plan(entry, onDisk, target.sha256, new Date());
   switch (decision.kind) {
     case "up-to-date":
@@ -95,206 +127,441 @@ export function preview(ctx: PassContext, entry: Entry, target: Target): string 
   }
 }
 
-/** One binary's update as a sequence of phases; rollback is their undo. */
-export async function updateBinary(ctx: PassContext, entry: Entry, target: Target, source: Source = { kind: "download" }): Promise<Outcome> {
-  const { settings, api, log, cache } = ctx;
+/** One binary's update in flight. Each field says which step sets it; the journal persists the part a later pass needs. */
+interface Attempt {
+  readonly ctx: PassContext;
+  readonly target: Target;
+  readonly source: Source;
+  readonly name: string;
+  readonly binPath: string;
+  readonly startedMs: number;
+  /** check, and lock (read again under it): the manifest entry. */
+  entry: Entry;
+  /** check: the binary on disk before anything changed (null: none). */
+  onDisk: Sha256 | null;
+  /** lock: the version lock, released when the update ends whatever happened. */
+  lock: VersionLock | null;
+  /** service: the program restarted after the swap; null when nothing is restarted. */
+  service: ServiceCheck | null;
+  /** hold (rollback only): the entry's holds before the rollback held the version it leaves. */
+  holdsBefore: { hold: Hold | null; otherHolds: Hold[] | null } | null;
+  /** download: the verified new file beside the binary. */
+  staged: Downloaded | null;
+  /** journal: the attempt as recorded; resumption starts from it. */
+  record: AttemptRecord | null;
+  /** backup: the kept copy of the binary it replaces (null: nothing was there, or no backup kept). */
+  backup: string | null;
+  /** install: the new binary is in place. */
+  swapped: boolean;
+  /** restart: the program was restarted onto the new binary. */
+  restarted: boolean;
+}
+
+/** Why a list stopped early: an outcome, or where the flow goes next. */
+type Stop = "up-to-date" | "held" | "busy" | "adopt" | "finish" | "start-over" | "committed" | "give-up";
+
+function newAttempt(ctx: PassContext, entry: Entry, target: Target, source: Source): Attempt {
   const name = entry.binaryName;
-  const binPath = binaryPath(settings, name);
-  const isSelf = name === "bin-proxy";
-  const started = Date.now();
-  let onDisk: Sha256 | null = null;
-  let decision: Plan = { kind: "update" };
-  let lock: VersionLock | undefined;
-  let download: Downloaded | undefined;
-  let backup: string | null = null;
-  let installed = false;
-  let restarted = false;
+  return {
+    ctx, target, source, name, binPath: binaryPath(ctx.settings, name), startedMs: Date.now(), entry,
+    onDisk: null, lock: null, service: null, holdsBefore: null, staged: null, record: null, backup: null, swapped: false, restarted: false,
+  };
+}
 
-  const processingTime = () => Math.max(0, Math.floor(Date.now() / 1000) - (lock?.takenAt ?? Math.floor(started / 1000)));
-  const progress = async (status: ProgressStatus) => {
+/* ---------------------------------------------------------------- the steps */
+
+const check: Step<Attempt, Stop> = { name: "check", run: async (a) => decide(a) };
+
+/** Decided by the check, and again under the lock: another run may have done the work in between. */
+function decide(a: Attempt): Stop | void {
+  a.onDisk = currentHash(a.ctx.cache, a.binPath);
+  const decision = a.source.kind === "backup" ? planRestore(a.onDisk, a.target.sha256) : plan(a.entry, a.onDisk, a.target.sha256, new Date());
+  if (decision.kind === "held") {
+    a.ctx.log.info("held", { bin: a.name, target: short(a.target.sha256), failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
+  }
+  return decision.kind === "update" ? undefined : decision.kind;
+}
+
+/** Takes the target's version lock and reads the entry again under it; "busy" when another run holds it. */
+async function takeLock(a: Attempt): Promise<Stop | void> {
+  const { settings, log } = a.ctx;
+  const result = await acquireVersionLock({ lockDir: settings.lockDir, name: a.name, sha: a.target.sha256, timeoutSec: settings.lockTimeoutSec });
+  if (result.kind === "busy") {
+    log.info("busy", { bin: a.name, target: short(a.target.sha256), lock_age_s: result.ageSec, holder: result.holder });
+    return "busy";
+  }
+  a.lock = result.lock;
+  if (a.lock.tookOver) log.warn("lock_taken_over", { bin: a.name, target: short(a.target.sha256), reason: a.lock.tookOver });
+  for (const { version, endedPid } of result.obsolete) {
+    log.info("obsolete_version_dropped", { bin: a.name, version: short(version), ended_pid: endedPid ?? undefined });
+  }
+  // Every other downloader of this binary is ended now: a partial of another version is a killed run's.
+  for (const version of removePartials(a.binPath, a.target.sha256)) log.info("partial_removed", { bin: a.name, version: short(version) });
+  // A run that finished (or failed) this very update between our check and our lock has changed
+  // the disk and the manifest: decide again from them, so nothing is downloaded twice and the
+  // backup is named after the binary really replaced.
+  a.entry = readManifest(settings.manifest).entries.find((e) => e.binaryName === a.name) ?? a.entry;
+}
+
+const lock: Step<Attempt, Stop> = { name: "lock", run: async (a) => (await takeLock(a)) ?? decide(a) };
+
+const service: Step<Attempt, Stop> = {
+  name: "service",
+  async run(a) {
+    a.service = serviceOf(a);
+    if (a.service) await checkServiceAnswers(a.service);
+  },
+  // The binary is back as it was by now (install's undo ran first): the program runs it again.
+  async undo(a) {
+    if (!a.restarted) return "nothing";
+    await restartAndCheck(a.service!);
+    a.restarted = false;
+    return "restored";
+  },
+};
+
+const holdLeftVersion: Step<Attempt, Stop> = {
+  name: "hold",
+  // Held before the swap: a pass that starts meanwhile leaves the binary to this rollback instead of
+  // taking its own lock, which would end this run.
+  async run(a) {
+    a.holdsBefore = { hold: a.entry.hold, otherHolds: a.entry.otherHolds ?? null };
+    recordManifest(a, rollbackHolds(a));
+  },
+  async undo(a) {
+    if (a.holdsBefore) recordManifest(a, a.holdsBefore);
+    return "nothing";
+  },
+};
+
+const download: Step<Attempt, Stop> = {
+  name: "download",
+  async run(a) {
+    const { settings, api, log } = a.ctx;
+    await progress(a, "in_progress");
+    if (a.source.kind === "backup") {
+      a.staged = stageBackup(backupPath(settings.stateDir, a.name, a.target.sha256), partialPath(a.binPath, a.target.sha256), a.target.sha256);
+      return;
+    }
+    const ticker = setInterval(() => void progress(a, "in_progress"), 10_000);
     try {
-      await api.progress({ nodeName: settings.nodeName, binName: name, targetHash: target.sha256, processingTime: processingTime(), status });
-    } catch (err) {
-      log.warn("progress_report_failed", { bin: name, status, error: errorText(err) });
-    }
-  };
-  // The version this update replaces: what was on disk, or, when finishing a killed pass's swap, what the manifest names.
-  const previousVersion = () => (decision.kind === "finish" ? entry.version : onDisk);
-  // rollback NAME holds the version it leaves (the manifest's, when that was no longer on disk) until the API names another.
-  const rollbackHold = () => {
-    const left = source.kind === "backup" ? (previousVersion() ?? entry.version) : null;
-    return left ? holdAfterRollback(left) : null;
-  };
-  let rollbackHeld = false;
-  const recordManifest = (fields: Extract<ManifestEdit, { binaryName: string }>["fields"]) =>
-    updateManifest(settings.manifest, settings.lockDir, [{ binaryName: name, fields }]);
-  const service = entry.serviceName && settings.supervisorctl && !isSelf
-    ? { supervisorctl: settings.supervisorctl, program: entry.serviceName, port: entry.port, timeoutMs: settings.healthTimeoutMs }
-    : null;
-
-  // Decided by the check, and again under the lock: another run may have done the work in between.
-  const decide = (): Outcome | undefined => {
-    onDisk = currentHash(cache, binPath);
-    decision = source.kind === "backup" ? planRestore(onDisk, target.sha256) : plan(entry, onDisk, target.sha256, new Date());
-    if (decision.kind === "up-to-date") return "up-to-date";
-    if (decision.kind === "held") {
-      log.info("held", { bin: name, target: short(target.sha256), failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
-      return "held";
-    }
-    if (decision.kind === "adopt") {
-      recordManifest({ version: target.sha256 });
-      log.info("adopted", { bin: name, version: short(target.sha256) });
-      return "adopted";
-    }
-  };
-  const check: Phase<Outcome> = { name: "check", run: async () => decide() };
-
-  const lockPhase: Phase<Outcome> = {
-    name: "lock",
-    async run() {
-      const result = await acquireVersionLock({ lockDir: settings.lockDir, name, sha: target.sha256, timeoutSec: settings.lockTimeoutSec });
-      if (result.kind === "busy") {
-        log.info("busy", { bin: name, target: short(target.sha256), lock_age_s: result.ageSec, holder: result.holder });
-        return "busy";
-      }
-      lock = result.lock;
-      if (lock.tookOver) log.warn("lock_taken_over", { bin: name, target: short(target.sha256), reason: lock.tookOver });
-      for (const { version, endedPid } of result.obsolete) {
-        log.info("obsolete_version_dropped", { bin: name, version: short(version), ended_pid: endedPid ?? undefined });
-      }
-      // Every other downloader of this binary is ended now: any partial file left is a killed run's.
-      for (const version of removePartials(binPath)) log.info("partial_removed", { bin: name, version: short(version) });
-      // A run that finished (or failed) this very update between our check and our lock has changed
-      // the disk and the manifest: decide again from them, so nothing is downloaded twice and the
-      // backup is named after the binary really replaced.
-      entry = readManifest(settings.manifest).entries.find((e) => e.binaryName === name) ?? entry;
-      return decide();
-    },
-    // Before the lock is let go, the failed target is marked held, so no pass retries it at once. A
-    // failed rollback leaves holds to the operator: the version it tried is not the API's target.
-    async undo() {
-      if (!lock) return;
-      if (source.kind === "download") {
-        const hold = holdAfterFailure(entry.hold, target.sha256, new Date(), settings.retryBackoffSec);
-        try {
-          recordManifest({ hold });
-        } catch (err) {
-          log.error("hold_not_recorded", { bin: name, error: errorText(err) });
-        }
-        log.info("holding", { bin: name, target: short(target.sha256), failures: hold.failures, until: hold.until ?? "" });
-      }
-      await progress("failed");
-    },
-    cleanup() {
-      lock?.release();
-    },
-  };
-
-  const downloadPhase: Phase<Outcome> = {
-    name: source.kind === "backup" ? "verify-backup" : "download",
-    async run() {
-      if (decision.kind === "finish") return;
-      await progress("in_progress");
-      if (source.kind === "backup") {
-        download = stageBackup(backupPath(settings.stateDir, name, target.sha256), partialPath(binPath, target.sha256), target.sha256);
-        // Held before the swap: a pass that starts meanwhile leaves the binary to this rollback
-        // instead of taking its own lock, which would end this run.
-        recordManifest({ hold: rollbackHold() });
-        rollbackHeld = true;
-        return;
-      }
-      const ticker = setInterval(() => void progress("in_progress"), 10_000);
-      try {
-        download = await downloadVerified({
-          urls: api.downloadUrls(name),
-          expected: target.sha256,
-          tempPath: partialPath(binPath, target.sha256),
-          maxBytes: settings.maxDownloadBytes,
-          idleTimeoutMs: settings.httpTimeoutMs,
-          policy: api.policy,
-          onAttemptFailed: (url, reason) => log.warn("download_attempt_failed", { bin: name, url, reason }),
-        });
-      } finally {
-        clearInterval(ticker);
-      }
-      if (isSelf) await checkRuns(download);
-    },
-    async undo() {
-      if (download) discard(download);
-      if (rollbackHeld) recordManifest({ hold: entry.hold });
-    },
-    cleanup() {
-      if (download) discard(download);
-    },
-  };
-
-  const installPhase: Phase<Outcome> = {
-    name: "install",
-    async run() {
-      if (decision.kind === "finish") {
-        // The interrupted pass kept the backup of the version the manifest names before it swapped.
-        const kept = entry.version && backupPath(settings.stateDir, name, entry.version);
-        backup = kept && existsSync(kept) ? kept : null;
-        installed = true;
-        return;
-      }
-      if (onDisk) backup = keepBackup(binPath, settings.stateDir, name, onDisk);
-      installDownload(download!, binPath);
-      installed = true;
-      cache.record(binPath, target.sha256);
-    },
-    async undo() {
-      if (!installed) return;
-      if (backup) restoreBackup(backup, binPath);
-      else if (onDisk === null) removeIfPresent(binPath); // a first install that failed: there was nothing before it
-      else throw new Error(`no backup of ${entry.version ? short(entry.version) : "the previous version"} to put back; ${binPath} left as it is`);
-      installed = false;
-      const restored = previousVersion();
-      log.info("rolled_back", { bin: name, to: backup && restored ? short(restored) : "nothing" });
-    },
-  };
-
-  const restartPhase: Phase<Outcome> = {
-    name: "restart",
-    async run() {
-      if (!service) return;
-      restarted = true;
-      await restartAndCheck(service);
-    },
-    // A restart is undone by putting the old binary back and restarting that.
-    async undo() {
-      if (!restarted) return;
-      await installPhase.undo!();
-      await restartAndCheck(service!);
-    },
-  };
-
-  const report: Phase<Outcome> = {
-    name: "report",
-    async run() {
-      const previous = previousVersion();
-      const hold = rollbackHold();
-      recordManifest({ version: target.sha256, previousVersion: previous, hold });
-      pruneBackups(settings.stateDir, name, [previous]);
-      log.info(source.kind === "backup" ? "reverted" : "updated", {
-        bin: name, from: previous ? short(previous) : "none", to: short(target.sha256), held: hold ? short(hold.version) : undefined, took_ms: Date.now() - started,
+      a.staged = await downloadVerified({
+        urls: api.downloadUrls(a.name, a.target.sha256),
+        expected: a.target.sha256,
+        tempPath: partialPath(a.binPath, a.target.sha256),
+        maxBytes: settings.maxDownloadBytes,
+        idleTimeoutMs: settings.httpTimeoutMs,
+        policy: api.policy,
+        onAttemptFailed: (url, reason) => log.warn("download_attempt_failed", { bin: a.name, url, reason }),
       });
-      await progress("success");
-      try {
-        await api.installed({ nodeName: settings.nodeName, binName: name, sha256: target.sha256, version: target.version });
-      } catch (err) {
-        // The new binary is healthy; an API that missed the news is no reason to roll it back.
-        log.error("report_failed", { bin: name, error: errorText(err) });
-      }
-      return "updated";
-    },
-  };
+    } finally {
+      clearInterval(ticker);
+    }
+    if (a.name === "bin-proxy") await checkRuns(a.staged);
+  },
+  async undo(a) {
+    if (a.staged) discard(a.staged);
+    a.staged = null;
+    return "nothing";
+  },
+};
 
-  const result = await runPhases([check, lockPhase, downloadPhase, installPhase, restartPhase, report], {
-    onFailure: (phase, error) => log.error("update_failed", { bin: name, phase, target: short(target.sha256), error: errorText(error) }),
-    onUndoError: (phase, error) => log.error("undo_failed", { bin: name, phase, error: errorText(error) }),
+const journal: Step<Attempt, Stop> = {
+  name: "journal",
+  async run(a) {
+    a.record = { target: a.target.sha256, targetName: a.target.version, replaced: a.onDisk, source: a.source.kind, startedAt: new Date().toISOString(), deaths: 0 };
+    writeAttempt(a.ctx.settings.stateDir, a.name, a.record);
+  },
+  undo: forgetAttempt,
+};
+
+/** The journal step's inverse. While the new binary is still in place (its undo failed), the record stays: status shows it. */
+async function forgetAttempt(a: Attempt): Promise<"nothing"> {
+  if (a.record && !a.swapped) removeAttempt(a.ctx.settings.stateDir, a.name);
+  return "nothing";
+}
+
+const backup: Step<Attempt, Stop> = {
+  name: "backup",
+  async run(a) {
+    if (a.onDisk) a.backup = keepBackup(a.binPath, a.ctx.settings.stateDir, a.name, a.onDisk);
+  },
+};
+
+/** Puts the replaced binary back the same atomic way; the inverse of the swap, for a normal and a resumed attempt alike. */
+async function putBack(a: Attempt): Promise<"restored" | "nothing"> {
+  if (!a.swapped) return "nothing";
+  const replaced = a.record?.replaced ?? a.onDisk;
+  if (a.backup) restoreBackup(a.backup, a.binPath);
+  else if (replaced === null) removeIfPresent(a.binPath); // a first install: there was nothing before it
+  else throw new Error(`no backup of ${short(replaced)} to put back; ${a.binPath} left as it is`);
+  a.swapped = false;
+  a.ctx.log.info("rolled_back", { bin: a.name, to: a.backup && replaced ? short(replaced) : "nothing" });
+  return "restored";
+}
+
+const install: Step<Attempt, Stop> = {
+  name: "install",
+  async run(a) {
+    installDownload(a.staged!, a.binPath);
+    a.swapped = true;
+    a.ctx.cache.record(a.binPath, a.target.sha256);
+  },
+  undo: putBack,
+};
+
+const restart: Step<Attempt, Stop> = {
+  name: "restart",
+  async run(a) {
+    if (!a.service) return;
+    a.restarted = true;
+    await restartAndCheck(a.service);
+  },
+};
+
+const commit: Step<Attempt, Stop> = {
+  name: "commit",
+  async run(a) {
+    const { settings, log } = a.ctx;
+    const previous = a.record?.replaced ?? a.onDisk;
+    writePendingReport(settings.stateDir, a.name, { sha256: a.target.sha256, version: a.target.version });
+    const holds = a.source.kind === "backup" ? rollbackHolds(a) : { hold: null, otherHolds: null };
+    recordManifest(a, { version: a.target.sha256, previousVersion: previous, ...holds });
+    removeAttempt(settings.stateDir, a.name);
+    pruneBackups(settings.stateDir, a.name, [previous]);
+    log.info(a.source.kind === "backup" ? "reverted" : "updated", {
+      bin: a.name, from: previous ? short(previous) : "none", to: short(a.target.sha256), held: holds.hold ? short(holds.hold.version) : undefined,
+      not_restarted: notRestartedReason(a), took_ms: Date.now() - a.startedMs,
+    });
+    await progress(a, "success");
+    await sendReport(a.ctx, a.name);
+  },
+};
+
+/* -------------------------------------------------------- resuming a killed attempt */
+
+/** Under the record's lock, judges the attempt from what is on disk and in the manifest, and counts the death. */
+const judge: Step<Attempt, Stop> = {
+  name: "resume",
+  async run(a) {
+    const { settings, log } = a.ctx;
+    const record = a.record!;
+    a.onDisk = currentHash(a.ctx.cache, a.binPath);
+    const next = judgeAttempt(record, a.onDisk, a.entry.version);
+    if (next.kind === "committed" || next.kind === "not-swapped" || next.kind === "foreign") {
+      removeAttempt(settings.stateDir, a.name);
+      if (next.kind !== "committed") log.info("attempt_dropped", { bin: a.name, target: short(record.target), reason: next.kind === "not-swapped" ? "killed before its swap" : "the binary on disk is neither version" });
+      return next.kind === "committed" ? "committed" : "start-over";
+    }
+    a.record = { ...record, deaths: next.deaths };
+    writeAttempt(settings.stateDir, a.name, a.record);
+    a.swapped = true;
+    const kept = record.replaced && backupPath(settings.stateDir, a.name, record.replaced);
+    a.backup = kept && existsSync(kept) ? kept : null;
+    log.warn("attempt_resumed", { bin: a.name, target: short(record.target), started: record.startedAt, deaths: next.deaths, next: next.kind });
+    return next.kind === "give-up" ? "give-up" : undefined;
+  },
+};
+
+/** The killed pass journaled and swapped already: these steps only stand for that, so their inverses run on failure. */
+const journaledBefore: Step<Attempt, Stop> = { name: "journal", run: async () => {}, undo: forgetAttempt };
+const swappedBefore: Step<Attempt, Stop> = { name: "install", run: async () => {}, undo: putBack };
+
+const restore: Step<Attempt, Stop> = {
+  name: "restore",
+  async run(a) {
+    await putBack(a);
+    if (a.service) await restartAndCheck(a.service);
+  },
+};
+
+const giveUp: Step<Attempt, Stop> = {
+  name: "give-up",
+  async run(a) {
+    removeAttempt(a.ctx.settings.stateDir, a.name);
+    throw new Error(`the passes that installed ${short(a.target.sha256)} died before committing it ${a.record!.deaths} times (killed, rebooted, or ended by the new version); rolled back and held`);
+  },
+};
+
+/** A normal update of the API's target, and `rollback NAME`'s restore of a kept backup. */
+const UPDATE_STEPS = [check, lock, service, download, journal, backup, install, restart, commit];
+const ROLLBACK_STEPS = [check, lock, service, download, holdLeftVersion, journal, backup, install, restart, commit];
+/** A journal record found: the lock of its target first, then the judgement. */
+const RESUME_STEPS = [{ name: "lock", run: takeLock }, judge];
+const FINISH_STEPS = [service, journaledBefore, swappedBefore, restart, commit];
+const GIVE_UP_STEPS = [service, restore, giveUp];
+
+/* ----------------------------------------------------------------- the flow */
+
+/**
+ * One binary's update. A journal record of an uncommitted attempt is resumed first (RESUME_STEPS);
+ * otherwise the API's target (or, for rollback, the kept backup) goes through its list. Whatever
+ * happens, the lock is released and a report the API has not acknowledged is sent again.
+ */
+export async function updateBinary(ctx: PassContext, entry: Entry, target: Target, source: Source = { kind: "download" }): Promise<Outcome> {
+  const open = readAttempt(ctx.settings.stateDir, entry.binaryName);
+  let outcome: Outcome | "start-over" = open ? await resume(ctx, entry, open) : "start-over";
+  if (outcome === "start-over") outcome = await attempt(newAttempt(ctx, entry, target, source));
+  if (outcome.kind !== "updated" && outcome.kind !== "adopted" && outcome.kind !== "busy") await resendReport(ctx, entry.binaryName);
+  return outcome;
+}
+
+async function attempt(a: Attempt): Promise<Outcome> {
+  const result = await withLockReleased(a, () => runSteps(a, a.source.kind === "backup" ? ROLLBACK_STEPS : UPDATE_STEPS, hooks(a)));
+  if (!result.ok) return failed(a, result);
+  switch (result.stoppedWith) {
+    case undefined:
+      return { kind: "updated", downloadedBytes: downloadedBytes(a) };
+    case "adopt":
+      return adopt(a);
+    case "finish":
+      // The target is on disk and no journal names it: a pass of a bin-proxy before the journal died after its swap.
+    {
+      const orphan: AttemptRecord = { target: a.target.sha256, targetName: a.target.version, replaced: a.entry.version, source: a.source.kind, startedAt: new Date().toISOString(), deaths: 0 };
+      const resumed = await resume(a.ctx, a.entry, orphan);
+      return resumed === "start-over" ? { kind: "up-to-date" } : resumed;
+    }
+    case "up-to-date":
+    case "held":
+    case "busy":
+      return { kind: result.stoppedWith };
+    default:
+      throw new Error(`unexpected stop ${result.stoppedWith}`);
+  }
+}
+
+/** RESUME_STEPS, then the list its judgement names; "start-over" when the attempt never swapped and the normal flow should run. */
+async function resume(ctx: PassContext, entry: Entry, record: AttemptRecord): Promise<Outcome | "start-over"> {
+  const a = newAttempt(ctx, entry, { sha256: record.target, version: record.targetName }, { kind: record.source });
+  a.record = record;
+  const result = await withLockReleased(a, async () => {
+    const judged = await runSteps(a, RESUME_STEPS, hooks(a));
+    if (!judged.ok || judged.stoppedWith === "busy" || judged.stoppedWith === "committed" || judged.stoppedWith === "start-over") return judged;
+    return runSteps(a, judged.stoppedWith === "give-up" ? GIVE_UP_STEPS : FINISH_STEPS, hooks(a));
   });
-  return result.ok ? (result.stoppedWith ?? "updated") : "failed";
+  if (!result.ok) return failed(a, result);
+  if (result.stoppedWith === "start-over") return "start-over";
+  if (result.stoppedWith === "busy") return { kind: "busy" };
+  return result.stoppedWith === "committed" ? { kind: "up-to-date" } : { kind: "updated", downloadedBytes: 0 };
+}
+
+async function withLockReleased<T>(a: Attempt, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } finally {
+    if (a.staged) discard(a.staged);
+    a.lock?.release();
+  }
+}
+
+/**
+ * After a failed list: the target is held with backoff when the release is to blame (not when the
+ * host's service manager is), a host left inconsistent is written into the journal for status,
+ * and the API is told the update failed.
+ */
+async function failed(a: Attempt, result: Extract<StepsResult<Stop>, { ok: false }>): Promise<Outcome> {
+  const { settings, log } = a.ctx;
+  const hostProblem = result.error instanceof ServiceUnavailable;
+  if (a.lock && a.source.kind === "download" && !hostProblem) {
+    const holds = holdsAfterFailure(a.entry, a.target.sha256, new Date(), settings.retryBackoffSec);
+    try {
+      recordManifest(a, holds);
+    } catch (err) {
+      log.error("hold_not_recorded", { bin: a.name, error: errorText(err) });
+    }
+    log.info("holding", { bin: a.name, target: short(a.target.sha256), failures: holds.hold.failures, until: holds.hold.until ?? "" });
+  }
+  if (hostProblem) log.info("not_held", { bin: a.name, target: short(a.target.sha256), reason: "a problem of this host, not of the release: the next pass tries again" });
+  if (result.undo.kind === "inconsistent" && a.record) {
+    writeAttempt(settings.stateDir, a.name, { ...a.record, inconsistent: result.undo.why });
+  }
+  if (a.lock) await progress(a, "failed");
+  const rolledBack = result.undo.kind === "restored" || result.step === "give-up";
+  return { kind: "failed", step: result.step, error: errorText(result.error), undo: result.undo, downloadedBytes: downloadedBytes(a), rolledBack };
+}
+
+/** The target is on disk and the manifest had no version (a first run on a host): record it, and tell the API. */
+async function adopt(a: Attempt): Promise<Outcome> {
+  const { settings, log } = a.ctx;
+  writePendingReport(settings.stateDir, a.name, { sha256: a.target.sha256, version: a.target.version });
+  recordManifest(a, { version: a.target.sha256 });
+  log.info("adopted", { bin: a.name, version: short(a.target.sha256) });
+  await sendReport(a.ctx, a.name);
+  return { kind: "adopted" };
+}
+
+/* ------------------------------------------------------------------ helpers */
+
+function hooks(a: Attempt) {
+  return {
+    onFailure: (step: string, error: unknown) => a.ctx.log.error("update_failed", { bin: a.name, phase: step, target: short(a.target.sha256), error: errorText(error) }),
+    onUndoError: (step: string, error: unknown) => a.ctx.log.error("undo_failed", { bin: a.name, phase: step, error: errorText(error) }),
+  };
+}
+
+const downloadedBytes = (a: Attempt) => (a.source.kind === "download" ? (a.staged?.bytes ?? 0) : 0);
+
+function recordManifest(a: Attempt, fields: Extract<ManifestEdit, { binaryName: string }>["fields"]): void {
+  updateManifest(a.ctx.settings.manifest, a.ctx.settings.lockDir, [{ binaryName: a.name, fields }]);
+}
+
+/** rollback NAME holds the version it leaves (the manifest's, when that was no longer on disk) until the API names another, keeping every other hold. */
+function rollbackHolds(a: Attempt): { hold: Hold; otherHolds: Hold[] | null } {
+  const left = a.record?.replaced ?? a.onDisk ?? a.entry.version!;
+  return addHold(a.holdsBefore ?? a.entry, holdAfterRollback(left), new Date());
+}
+
+/** The program the update restarts, or null; throws ServiceUnavailable when the entry names one and no supervisorctl was found. */
+function serviceOf(a: Attempt): ServiceCheck | null {
+  const { settings } = a.ctx;
+  const program = a.entry.serviceName;
+  if (!program || a.name === "bin-proxy" || settings.restartsDisabled) return null;
+  if (!settings.supervisorctl) {
+    throw new ServiceUnavailable(
+      `${a.name} runs as supervisor program ${program}, but no supervisorctl was found (PATH, /usr/bin, /usr/local/bin): install supervisor, set SUPERVISORCTL to its path, or SUPERVISORCTL="" to update without restarting`,
+    );
+  }
+  return { supervisorctl: settings.supervisorctl, program, port: a.entry.port, timeoutMs: settings.healthTimeoutMs };
+}
+
+function notRestartedReason(a: Attempt): string | undefined {
+  return a.entry.serviceName && a.name !== "bin-proxy" && a.ctx.settings.restartsDisabled ? `SUPERVISORCTL is empty: ${a.entry.serviceName} still runs the old binary until it is restarted` : undefined;
+}
+
+async function progress(a: Attempt, status: ProgressStatus): Promise<void> {
+  const { settings, api, log } = a.ctx;
+  const processingTime = Math.max(0, Math.floor(Date.now() / 1000) - (a.lock?.takenAt ?? Math.floor(a.startedMs / 1000)));
+  try {
+    await api.progress({ nodeName: settings.nodeName, binName: a.name, targetHash: a.target.sha256, processingTime, status });
+  } catch (err) {
+    log.warn("progress_report_failed", { bin: a.name, status, error: errorText(err) });
+  }
+}
+
+/** POST /bins/{name} for the pending report; acknowledged, it is removed. A failure is retried at later passes. */
+async function sendReport(ctx: PassContext, name: string): Promise<void> {
+  const pending = readPendingReport(ctx.settings.stateDir, name);
+  if (!pending) return;
+  try {
+    await ctx.api.installed({ nodeName: ctx.settings.nodeName, binName: name, sha256: pending.sha256, version: pending.version });
+    removePendingReport(ctx.settings.stateDir, name);
+  } catch (err) {
+    // The new binary is healthy; an API that missed the news is no reason to roll it back.
+    ctx.log.error("report_failed", { bin: name, version: short(pending.sha256), error: `${errorText(err)}; retried at the next pass` });
+  }
+}
+
+/** At most once a pass: a report a killed or failed pass left unacknowledged, when its version is still the recorded one. */
+async function resendReport(ctx: PassContext, name: string): Promise<void> {
+  const { stateDir, manifest } = ctx.settings;
+  const pending = readPendingReport(stateDir, name);
+  if (!pending) return;
+  const recorded = readManifest(manifest).entries.find((e) => e.binaryName === name)?.version ?? null;
+  const due = reportDue(pending, recorded, readAttempt(stateDir, name) !== null);
+  if (due === "drop") removePendingReport(stateDir, name);
+  if (due !== "send") return;
+  ctx.log.info("report_retried", { bin: name, version: short(pending.sha256) });
+  await sendReport(ctx, name);
 }
 
 /** A new bin-proxy must answer --version before it replaces the running one. */

@@ -325,7 +325,7 @@ describe("with a supervised service", () => {
     expect(readFileSync(join(s.host.stateDir, "backups", "fin", s.v1.sha256))).toEqual(bytesOf(s.v1));
   }, SUPERVISED_MS);
 
-  test("target on disk and an empty manifest version: adopted, recorded, nothing restarted or reported", async () => {
+  test("target on disk and an empty manifest version: adopted, recorded and reported, nothing restarted", async () => {
     const s = service("adp");
     bm.setTarget("adp", s.v1);
     s.host.writeManifest([entry("adp", { serviceName: "adp" })]);
@@ -335,7 +335,9 @@ describe("with a supervised service", () => {
     expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
     expect(await sup.pid("adp")).toBe(pidBefore);
     expect(s.host.readManifest().binaries[0]!.version).toBe(s.v1.sha256);
-    expect(calls().filter((c) => c.includes("/bins/adp"))).toEqual([`GET ${API}/bins/adp`]);
+    // Every installed version reaches the API (SPEC §12), an adopted one too; no progress, nothing was downloaded.
+    expect(calls().filter((c) => c.includes("/bins/adp"))).toEqual([`GET ${API}/bins/adp`, `POST ${API}/bins/adp`]);
+    expect(requestsTo("POST", `${API}/bins/adp`).map((q) => q.body)).toEqual([{ nodeName: "test-node", binName: "adp", sha256: s.v1.sha256, version: s.v1.sha256.slice(0, 12) }]);
     expect(eventsOf(s.host, "adopted")).toHaveLength(1);
   }, SUPERVISED_MS);
 });
@@ -557,9 +559,10 @@ describe("wire format (SPEC §5)", () => {
     expect(getAlive!.body).toBeUndefined();
     expect(postAlive!.query).toEqual({});
     expect(postAlive!.body).toEqual(nodeInfo);
-    expect(getBin!.query).toEqual({});
+    // Who asks (SPEC §10): the node and its architecture; the download is addressed by its content.
+    expect(getBin!.query).toEqual({ nodeName: "wire-node", cpuArch });
     expect(getBin!.body).toBeUndefined();
-    expect(download!.query).toEqual({});
+    expect(download!.query).toEqual({ sha256: v2.sha256 });
     expect(download!.body).toBeUndefined();
     expect(started!.body).toEqual({ nodeName: "wire-node", binName: "wire", targetHash: v2.sha256, processingTime: expect.any(Number), status: "in_progress" });
     expect(finished!.body).toEqual({ nodeName: "wire-node", binName: "wire", targetHash: v2.sha256, processingTime: expect.any(Number), status: "success" });

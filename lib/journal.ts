@@ -1,0 +1,149 @@
+// Owns the update journal (SPEC §12): the record of each binary's uncommitted attempt and of its unacknowledged report, and what a later pass does with them (pure).
+import { readFileSync, rmdirSync } from "node:fs";
+import { join } from "node:path";
+import { ensureDirectory, removeIfPresent, writeFileAtomic } from "./fsx.ts";
+import { parseSha256, type Sha256 } from "./hash.ts";
+
+/**
+ * An update between "about to swap" and "committed", as the journal keeps it. Written before the
+ * swap, removed once the restart and health check passed and the manifest names the target.
+ */
+export interface AttemptRecord {
+  target: Sha256;
+  /** The API's name of the target, for the report. */
+  targetName: string;
+  /** What the attempt replaced: the binary on disk before the swap (null: there was none), kept as the backup. */
+  replaced: Sha256 | null;
+  /** download: the API's target; backup: `rollback NAME` going back to a kept version. */
+  source: "download" | "backup";
+  startedAt: string;
+  /** Passes that found this attempt uncommitted: each is a pass that died after the swap. */
+  deaths: number;
+  /** Set when an undo failed: what is wrong on disk, in words for status and rollback. */
+  inconsistent?: string;
+}
+
+/** A version installed here that the API has not acknowledged yet (POST /bins/{name} failed or was cut). */
+export interface PendingReport {
+  sha256: Sha256;
+  version: string;
+}
+
+/** The second uncommitted death of the same target gives up on it. */
+export const MAX_UNCOMMITTED_DEATHS = 2;
+
+/** What a pass does with an attempt it finds in the journal, from what is on disk and in the manifest. */
+export type Resumption =
+  /** The manifest names the target already: only the record was left (the kill came after the commit). */
+  | { kind: "committed" }
+  /** The swap never happened: nothing of the new version ran, so the attempt is simply dropped and the update starts over. */
+  | { kind: "not-swapped" }
+  /** The disk holds neither version: someone else changed the binary; the normal flow decides from what is there. */
+  | { kind: "foreign" }
+  /** Swapped, then the pass died: restart and check again, counting this death. */
+  | { kind: "finish"; deaths: number }
+  /** Swapped, and the passes that tried it died uncommitted twice: put the backup back and hold the target. */
+  | { kind: "give-up"; deaths: number };
+
+export function judgeAttempt(record: AttemptRecord, onDisk: Sha256 | null, recorded: Sha256 | null): Resumption {
+  if (onDisk === record.target) {
+    if (recorded === record.target) return { kind: "committed" };
+    const deaths = record.deaths + 1;
+    return deaths >= MAX_UNCOMMITTED_DEATHS ? { kind: "give-up", deaths } : { kind: "finish", deaths };
+  }
+  return onDisk === record.replaced ? { kind: "not-swapped" } : { kind: "foreign" };
+}
+
+/** Whether a pending report is still to be sent: only for the version the manifest names and no attempt is open on. */
+export function reportDue(pending: PendingReport | null, recorded: Sha256 | null, attemptOpen: boolean): "send" | "drop" | "wait" {
+  if (!pending) return "wait";
+  if (attemptOpen) return "wait";
+  return pending.sha256 === recorded ? "send" : "drop";
+}
+
+const journalDir = (stateDir: string) => join(stateDir, "journal");
+const attemptPath = (stateDir: string, name: string) => join(journalDir(stateDir), `${name}.attempt.json`);
+const reportPath = (stateDir: string, name: string) => join(journalDir(stateDir), `${name}.report.json`);
+
+type Json = Record<string, unknown>;
+const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
+
+/** Validates a record read from disk; null for anything that is not one (a garbage file proves no attempt). */
+export function parseAttempt(value: unknown): AttemptRecord | null {
+  if (!isObject(value)) return null;
+  const target = parseSha256(value.target);
+  const replaced = value.replaced === null ? null : parseSha256(value.replaced);
+  if (!target || (value.replaced !== null && !replaced)) return null;
+  if (value.source !== "download" && value.source !== "backup") return null;
+  if (typeof value.startedAt !== "string" || !Number.isInteger(value.deaths) || (value.deaths as number) < 0) return null;
+  const record: AttemptRecord = {
+    target,
+    targetName: typeof value.targetName === "string" ? value.targetName.slice(0, 200) : "",
+    replaced,
+    source: value.source,
+    startedAt: value.startedAt,
+    deaths: value.deaths as number,
+  };
+  if (typeof value.inconsistent === "string") record.inconsistent = value.inconsistent.slice(0, 500);
+  return record;
+}
+
+export function parsePendingReport(value: unknown): PendingReport | null {
+  if (!isObject(value)) return null;
+  const sha256 = parseSha256(value.sha256);
+  return sha256 ? { sha256, version: typeof value.version === "string" ? value.version.slice(0, 200) : "" } : null;
+}
+
+function readJson<T>(path: string, parse: (v: unknown) => T | null): T | null {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw err;
+  }
+  try {
+    return parse(JSON.parse(text));
+  } catch {
+    return null;
+  }
+}
+
+function writeJson(stateDir: string, path: string, value: object): void {
+  ensureDirectory(journalDir(stateDir));
+  writeFileAtomic(path, JSON.stringify(value) + "\n", { mode: 0o600 });
+}
+
+/** Removes a journal file, and the journal directory once it is empty (a committed host keeps no trace). */
+function removeJson(stateDir: string, path: string): void {
+  removeIfPresent(path);
+  try {
+    rmdirSync(journalDir(stateDir));
+  } catch {
+    // not empty, or already gone
+  }
+}
+
+export function readAttempt(stateDir: string, name: string): AttemptRecord | null {
+  return readJson(attemptPath(stateDir, name), parseAttempt);
+}
+
+export function writeAttempt(stateDir: string, name: string, record: AttemptRecord): void {
+  writeJson(stateDir, attemptPath(stateDir, name), record);
+}
+
+export function removeAttempt(stateDir: string, name: string): void {
+  removeJson(stateDir, attemptPath(stateDir, name));
+}
+
+export function readPendingReport(stateDir: string, name: string): PendingReport | null {
+  return readJson(reportPath(stateDir, name), parsePendingReport);
+}
+
+export function writePendingReport(stateDir: string, name: string, report: PendingReport): void {
+  writeJson(stateDir, reportPath(stateDir, name), report);
+}
+
+export function removePendingReport(stateDir: string, name: string): void {
+  removeJson(stateDir, reportPath(stateDir, name));
+}
