@@ -1,4 +1,4 @@
-// The quick-start demo: a local bin-manager, a temp host root, a supervised service if supervisor is installed, five real passes and the status table.
+// The quick-start demo: a local bin-manager, a temp host root (kept, to look around), a supervised service if supervisor is installed, five real passes and the status table.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { artifact, startBinManager } from "../tests/fixture/bin-manager.ts";
@@ -25,9 +25,8 @@ try {
   const pass = async (title: string) => {
     const before = api.requests.length;
     const { code } = await runBinProxy([], env);
-    const calls = api.requests.slice(before).map((r) => `${r.method} ${r.path}`);
     const state = supervisor ? `, ${name} is ${await supervisor.status(name)}` : "";
-    console.log(`== ${title}: exit ${code}${state}; ${calls.length} API calls: ${[...new Set(calls)].join(", ")}`);
+    console.log(`== ${title}: exit ${code}${state}; ${describeCalls(api.requests.slice(before).map((r) => `${r.method} ${r.path}`))}`);
   };
 
   api.setTarget(name, artifact(serviceScript({ port, tag: "v1" })), "v1");
@@ -51,5 +50,14 @@ try {
 } finally {
   await supervisor?.stop();
   await api.stop();
-  host.cleanup();
+  // Kept on purpose: the log, manifest, backups and binaries the passes left are worth a look.
+  console.log(`== the host root is kept: ${host.root} (rm -rf ${host.root} when done)`);
+}
+
+/** "3 API calls: POST /api/v1/keepalive, 2× GET /api/v1/bins/x": every call counted, in first-seen order. */
+function describeCalls(calls: string[]): string {
+  const counts = new Map<string, number>();
+  for (const call of calls) counts.set(call, (counts.get(call) ?? 0) + 1);
+  const listed = [...counts].map(([call, n]) => (n > 1 ? `${n}× ${call}` : call));
+  return `${calls.length} API call${calls.length === 1 ? "" : "s"}${listed.length ? `: ${listed.join(", ")}` : ""}`;
 }
