@@ -1,18 +1,24 @@
-// Owns streaming a large file to disk: whole aligned blocks written in order on a background thread, with O_DIRECT where the filesystem allows it.
-import { write } from "node:fs";
+// Owns streaming a large file to and from disk: whole aligned blocks written (or read) in order on a background thread, with O_DIRECT where the filesystem allows it.
+import { read, write } from "node:fs";
 import { ptr } from "bun:ffi";
 import { setDirectIo, startWriteback } from "./libc.ts";
 
-/** One write. A multiple of every block size O_DIRECT asks buffers, lengths and offsets to be aligned to. */
-const BLOCK = 4 << 20;
+/**
+ * One write. A multiple of every block size O_DIRECT asks buffers, lengths and offsets to be aligned
+ * to. A file cut short holds a whole number of them: only its last write can be shorter.
+ */
+export const BLOCK = 4 << 20;
 const ALIGNMENT = 4096;
 /** One being written while the other fills: more only costs memory, as the network and hash are the slower side. */
 const BUFFERS = 2;
 
 /**
- * Writes a stream of bytes to fd from offset 0 while the caller goes on receiving and hashing: the
- * bytes are copied into a few fixed buffers and each full buffer is written by Bun's I/O threads,
- * one write at a time and in order. Memory is those buffers, whatever the file's size.
+ * Writes a stream of bytes to fd from offset `from` (0, or the end of the whole blocks a cut left)
+ * while the caller goes on receiving: the bytes are copied into a few fixed buffers and each full
+ * buffer is written by Bun's I/O threads, one write at a time and in order. Memory is those
+ * buffers, whatever the file's size. `onBlock` sees each block just before its write, in file
+ * order: a hash fed there covers exactly the bytes handed to the disk, so that after a cut it
+ * still matches the file (see abandonTail).
  *
  * With O_DIRECT the blocks go from these buffers to the disk without passing through the page
  * cache: a GiB binary neither evicts the host's working set nor leaves a GiB of dirty pages for
@@ -27,12 +33,20 @@ export class DiskWriter {
   private readonly spare: Uint8Array[];
   private current: Uint8Array;
   private filled = 0;
-  private written = 0;
+  /** Where the next block goes: the end of the bytes handed to the disk. */
+  private written: number;
   /** The writes submitted and not yet done, oldest first; each settles once its buffer is spare again. */
   private readonly inFlight: Promise<void>[] = [];
   private failure: Error | null = null;
+  private readonly onBlock: (block: Uint8Array) => void;
 
-  constructor(private readonly fd: number) {
+  constructor(
+    private readonly fd: number,
+    opts: { from?: number; onBlock?: (block: Uint8Array) => void } = {},
+  ) {
+    this.written = opts.from ?? 0;
+    if (this.written % ALIGNMENT !== 0) throw new Error(`DiskWriter: offset ${this.written} is not ${ALIGNMENT}-aligned`);
+    this.onBlock = opts.onBlock ?? (() => {});
     this.direct = setDirectIo(fd, true);
     this.spare = Array.from({ length: BUFFERS }, alignedBuffer);
     this.current = this.spare.pop()!;
@@ -59,6 +73,18 @@ export class DiskWriter {
     if (this.failure) throw this.failure;
   }
 
+  /**
+   * After a cut: the block still filling is dropped and the writes in flight awaited. The returned
+   * offset is then the end of what this writer put on disk, whole blocks every one seen by onBlock;
+   * a write that failed is thrown instead (that is the disk's failure, not the network's).
+   */
+  async abandonTail(): Promise<number> {
+    this.filled = 0;
+    await this.settle();
+    if (this.failure) throw this.failure;
+    return this.written;
+  }
+
   /** Waits until no write is in flight; their failures are kept for write() and finish() to report. */
   async settle(): Promise<void> {
     await Promise.all(this.inFlight);
@@ -69,6 +95,7 @@ export class DiskWriter {
     const length = this.filled;
     const offset = this.written;
     this.written += length;
+    this.onBlock(buffer.subarray(0, length));
     this.enqueue(async () => {
       try {
         if (this.failure) return; // a block after a failed one would leave a hole
@@ -110,5 +137,40 @@ async function writeFully(fd: number, data: Uint8Array, offset: number): Promise
     done += await new Promise<number>((resolve, reject) =>
       write(fd, data, done, data.length - done, offset + done, (err, n) => (err ? reject(err) : resolve(n))),
     );
+  }
+}
+
+/**
+ * Hands `length` bytes of fd from offset `from` (ALIGNMENT-aligned) to `each`, in order, in blocks
+ * of at most BLOCK bytes (each valid only during its call), reading the next block while `each`
+ * works on the current one. With O_DIRECT where the filesystem allows it: re-reading a GiB partial
+ * file leaves the page cache as the download left it. Throws when the file ends before.
+ */
+export async function readBlocks(fd: number, from: number, length: number, each: (block: Uint8Array) => void): Promise<void> {
+  if (from % ALIGNMENT !== 0) throw new Error(`readBlocks: offset ${from} is not ${ALIGNMENT}-aligned`);
+  const direct = setDirectIo(fd, true);
+  const buffers = Array.from({ length: BUFFERS }, alignedBuffer);
+  // A read is always a whole aligned block (short at the end of the file), so O_DIRECT takes it.
+  const readAt = (offset: number, into: Uint8Array) =>
+    new Promise<number>((resolve, reject) => read(fd, into, 0, BLOCK, offset, (err, n) => (err ? reject(err) : resolve(n))));
+  try {
+    const end = from + length;
+    let next = length > 0 ? readAt(from, buffers[0]!) : null;
+    for (let offset = from, i = 0; next; i++) {
+      const n = await next;
+      const take = Math.min(n, end - offset);
+      if (n < Math.min(BLOCK, end - offset)) throw new Error(`file ends at byte ${offset + n}, before ${end}`);
+      const block = buffers[i % BUFFERS]!;
+      offset += take;
+      next = offset < end ? readAt(offset, buffers[(i + 1) % BUFFERS]!) : null;
+      try {
+        each(block.subarray(0, take));
+      } catch (err) {
+        await next?.catch(() => {}); // never leave a read in flight into a buffer we drop
+        throw err;
+      }
+    }
+  } finally {
+    if (direct) setDirectIo(fd, false);
   }
 }
