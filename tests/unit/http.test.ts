@@ -137,9 +137,7 @@ describe("request() through a real proxy", () => {
   test("refuses to send the token in clear text through a plain-http proxy hop, sending nothing", async () => {
     const before = proxy.requests().length;
     const url = `http://${NAME}:${origin.port}/api`;
-    const attempt = get(url, policy({ http: proxy.url }, "tok-secret"));
-    expect(attempt).rejects.toThrow(`refusing to send BIN_MANAGER_TOKEN in clear text through proxy ${proxy.hostPort}`);
-    await attempt.catch(() => {});
+    await expect(get(url, policy({ http: proxy.url }, "tok-secret"))).rejects.toThrow(`refusing to send BIN_MANAGER_TOKEN in clear text through proxy ${proxy.hostPort}`);
     expect(proxy.requests().length).toBe(before);
     // The same request without a token, or to another origin, goes through.
     expect((await get(url, policy({ http: proxy.url }))).status).toBe(200);
@@ -151,7 +149,7 @@ describe("request() through a real proxy", () => {
     const port = await freePort();
     for (const scheme of ["http", "https"] as const) {
       const attempt = get(`${scheme}://${NAME}:${origin.port}/`, policy({ [scheme]: `http://bob:hunter2@127.0.0.1:${port}` }));
-      expect(attempt).rejects.toThrow(`proxy failure: proxy 127.0.0.1:${port} unreachable`);
+      await expect(attempt).rejects.toThrow(`proxy failure: proxy 127.0.0.1:${port} unreachable`);
       const message = await attempt.catch((e: Error) => e.message);
       expect(message).not.toContain("hunter2");
       expect(message).not.toContain("bob");
@@ -160,8 +158,8 @@ describe("request() through a real proxy", () => {
 
   test("a proxy that wants credentials (407) is a proxy failure; with them, the request goes through", async () => {
     const url = `http://${NAME}:${origin.port}/b`;
-    expect(get(url, policy({ http: authProxy.url }))).rejects.toThrow(`proxy failure: proxy ${authProxy.hostPort} answered HTTP 407`);
-    expect(get(`https://${NAME}:${origin.port}/b`, policy({ https: authProxy.url }))).rejects.toThrow(
+    await expect(get(url, policy({ http: authProxy.url }))).rejects.toThrow(`proxy failure: proxy ${authProxy.hostPort} answered HTTP 407`);
+    await expect(get(`https://${NAME}:${origin.port}/b`, policy({ https: authProxy.url }))).rejects.toThrow(
       `proxy failure: proxy ${authProxy.hostPort} refused the tunnel (Proxy refused to open a tunnel: 407`,
     );
     const withCredentials = authProxy.url.replace("//", "//alice:s3cret@");
@@ -170,10 +168,10 @@ describe("request() through a real proxy", () => {
 
   test("a proxy that cannot reach the server says so; the server's own 502 through the proxy stays the server's", async () => {
     const closed = await freePort();
-    expect(get(`http://${NAME}:${closed}/`, policy({ http: proxy.url }))).rejects.toThrow(
+    await expect(get(`http://${NAME}:${closed}/`, policy({ http: proxy.url }))).rejects.toThrow(
       `proxy failure: proxy ${proxy.hostPort} answered HTTP 500 itself (no Via header): it could not reach ${NAME}:${closed}`,
     );
-    expect(get(`https://${NAME}:${closed}/`, policy({ https: proxy.url }))).rejects.toThrow(`proxy failure: proxy ${proxy.hostPort} refused the tunnel`);
+    await expect(get(`https://${NAME}:${closed}/`, policy({ https: proxy.url }))).rejects.toThrow(`proxy failure: proxy ${proxy.hostPort} refused the tunnel`);
     expect((await get(`http://${NAME}:${origin.port}/fail`, policy({ http: proxy.url }))).status).toBe(502);
   });
 
