@@ -1,14 +1,19 @@
 // Owns one pass: node info and keepalive, then every manifest entry in order, and the pass's exit status.
 import { mkdirSync } from "node:fs";
-import { BinManagerClient } from "./api.ts";
-import type { Settings } from "./config.ts";
+import { BinManagerClient, type Target } from "./api.ts";
+import { ConfigError, type Settings } from "./config.ts";
 import { sweepOrphanTemps, sweepOrphanTempsUnder } from "./fsx.ts";
 import { HashCache, hashCachePath } from "./hash.ts";
 import { prepareLockDir } from "./lock.ts";
 import { sweepLockDir } from "./lockinspect.ts";
 import { errorText, type Logger } from "./log.ts";
-import { readManifestOrLog, updateManifest, type Manifest } from "./manifest.ts";
-import { gatherNodeInfo, sameNodeInfo } from "./nodeinfo.ts";
+import { activeHoldOf } from "./hold.ts";
+import { readAttempt } from "./journal.ts";
+import { readManifest, readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
+import { recordRun, type BinaryMetrics } from "./metrics.ts";
+import type { TrustedKeys } from "./minisign.ts";
+import { gatherNodeInfo, hostCpuArch, sameNodeInfo } from "./nodeinfo.ts";
+import { loadTrustedKeys } from "./signature.ts";
 import { binaryPath, preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
 import { VERSION } from "./version.ts";
 
@@ -22,20 +27,36 @@ export interface PassOptions {
   splay: boolean;
   /** --dry-run prints its verdicts here. */
   print: (line: string) => void;
+  /** With --verbose or on a terminal: one line saying what the pass found, so "did it run?" has an answer. */
+  summary?: (line: string) => void;
+}
+
+/** One binary's share of a pass: what the API named and how its update ended. */
+interface BinaryResult {
+  entry: Entry;
+  target: Target | null;
+  outcome: Outcome;
 }
 
 export async function runPass(settings: Settings, log: Logger, options: PassOptions): Promise<number> {
   if (options.splay && settings.splaySec > 0) await Bun.sleep(Math.random() * settings.splaySec * 1000);
+  const startedAt = new Date();
+  const finish = (exitCode: number, results: BinaryResult[] | null, signed: boolean | null) => {
+    if (!options.dryRun) recordPassMetrics(settings, log, { startedAt, exitCode, results, signed });
+    return exitCode;
+  };
 
   const manifest = readManifestOrLog(settings.manifest, log);
-  if (!manifest) return EXIT_CONFIG;
+  if (!manifest) return finish(EXIT_CONFIG, null, null);
+  const trustedKeys = trustedKeysOrLog(settings, log);
+  if (trustedKeys === undefined) return finish(EXIT_CONFIG, null, null);
   if (!options.dryRun) {
     try {
       prepareLockDir(settings.lockDir);
       mkdirSync(settings.stateDir, { recursive: true, mode: 0o700 });
     } catch (err) {
       log.error("setup_failed", { error: errorText(err) });
-      return EXIT_FAILED;
+      return finish(EXIT_FAILED, null, trustedKeys !== null);
     }
   }
   const cachePath = hashCachePath(settings.stateDir);
@@ -44,11 +65,13 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
     api: new BinManagerClient(settings, options.dryRun),
     log,
     cache: HashCache.load(cachePath),
+    trustedKeys,
+    cpuArch: hostCpuArch(),
   };
 
   await keepalive(ctx, manifest, options.dryRun);
 
-  const outcomes: Outcome[] = [];
+  const results: BinaryResult[] = [];
   for (const rejected of manifest.rejected) log.error("entry_rejected", { bin: rejected.label, reason: rejected.reason });
   for (const entry of manifest.entries) {
     const name = entry.binaryName;
@@ -57,25 +80,74 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
       target = await ctx.api.target(name);
     } catch (err) {
       log.error("target_unavailable", { bin: name, error: errorText(err) });
-      outcomes.push(failedBeforeStart("target", err));
+      results.push({ entry, target: null, outcome: failedBeforeStart("target", err) });
       continue;
     }
     if (options.dryRun) {
-      options.print(`${name}: ${preview(ctx, entry, target)}`);
+      options.print(`${name}: ${await preview(ctx, entry, target)}`);
       continue;
     }
+    let outcome: Outcome;
     try {
-      outcomes.push(await updateBinary(ctx, entry, target));
+      outcome = await updateBinary(ctx, entry, target);
     } catch (err) {
       log.error("update_failed", { bin: name, error: errorText(err) });
-      outcomes.push(failedBeforeStart("update", err));
+      outcome = failedBeforeStart("update", err);
     }
+    results.push({ entry, target, outcome });
   }
   if (!options.dryRun) {
     sweepLeftovers(settings, manifest, log);
     ctx.cache.save();
   }
-  return manifest.rejected.length > 0 || outcomes.some((o) => o.kind === "failed") || log.errorCount > 0 ? EXIT_FAILED : EXIT_OK;
+  const count = (kind: Outcome["kind"]) => results.filter((r) => r.outcome.kind === kind).length;
+  options.summary?.(
+    `bin-proxy: pass done: ${manifest.entries.length} checked, ${count("up-to-date")} up to date, ${count("updated") + count("adopted")} updated, ` +
+      `${count("held")} held, ${count("busy")} busy, ${count("failed")} failed, took_ms=${Date.now() - startedAt.getTime()}`,
+  );
+  const exitCode = manifest.rejected.length > 0 || count("failed") > 0 || log.errorCount > 0 ? EXIT_FAILED : EXIT_OK;
+  return finish(exitCode, results, trustedKeys !== null);
+}
+
+/** The trusted keys (null: not signature-checked), or undefined after logging why the keys file is a configuration error. */
+export function trustedKeysOrLog(settings: Settings, log: Logger): TrustedKeys | null | undefined {
+  try {
+    return loadTrustedKeys(settings.trustedKeys);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    log.error("trusted_keys_invalid", { error: err.message });
+    return undefined;
+  }
+}
+
+/** The metrics of a pass (SPEC §11), from what it learnt of each binary; a failure to write them is logged, never fatal. */
+function recordPassMetrics(settings: Settings, log: Logger, pass: { startedAt: Date; exitCode: number; results: BinaryResult[] | null; signed: boolean | null }): void {
+  if (!settings.metricsFile) return;
+  const now = new Date();
+  const binaries = pass.results?.map(({ entry, target, outcome }): BinaryMetrics => {
+    const recorded = readManifest(settings.manifest).entries.find((e) => e.binaryName === entry.binaryName) ?? entry;
+    const hold = target ? activeHoldOf(recorded, target.sha256, now) : null;
+    return {
+      name: entry.binaryName,
+      installed: recorded.version,
+      target: target?.sha256 ?? null,
+      targetVersion: target?.version,
+      held: hold !== null,
+      holdFailures: hold?.failures ?? 0,
+      uncommitted: readAttempt(settings.stateDir, entry.binaryName) !== null,
+      event: {
+        updated: outcome.kind === "updated" || outcome.kind === "adopted",
+        failed: outcome.kind === "failed",
+        rolledBack: outcome.kind === "failed" && outcome.rolledBack,
+        downloadedBytes: outcome.kind === "updated" || outcome.kind === "failed" ? outcome.downloadedBytes : 0,
+      },
+    };
+  });
+  const problem = recordRun(settings.metricsFile, settings.stateDir, {
+    kind: "pass", startedAt: pass.startedAt, durationMs: now.getTime() - pass.startedAt.getTime(), exitCode: pass.exitCode,
+    signaturesRequired: pass.signed, binaries: binaries ?? null,
+  });
+  if (problem) log.warn("metrics_not_written", { file: settings.metricsFile, error: problem });
 }
 
 /** A binary whose update could not even start (the API did not name a target, or an unexpected error). */

@@ -9,7 +9,8 @@ import { errorText, type Logger } from "./log.ts";
 import { holdsOf } from "./hold.ts";
 import { readAttempt } from "./journal.ts";
 import { readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
-import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./pass.ts";
+import { hostCpuArch } from "./nodeinfo.ts";
+import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK, trustedKeysOrLog } from "./pass.ts";
 import { updateBinary, type PassContext } from "./update.ts";
 
 export interface OperatorOptions {
@@ -73,7 +74,9 @@ export async function rollback(settings: Settings, log: Logger, name: string, op
     return EXIT_FAILED;
   }
   const cache = HashCache.load(hashCachePath(settings.stateDir));
-  const ctx: PassContext = { settings, api: new BinManagerClient(settings, false), log, cache };
+  const trustedKeys = trustedKeysOrLog(settings, log);
+  if (trustedKeys === undefined) return EXIT_CONFIG;
+  const ctx: PassContext = { settings, api: new BinManagerClient(settings, false), log, cache, trustedKeys, cpuArch: hostCpuArch() };
   // The API has no release name for a version it no longer targets: report the short hash as its name.
   const outcome = await updateBinary(ctx, entry, { sha256: to, version: short(to) }, { kind: "backup" });
   cache.save();

@@ -9,6 +9,7 @@
 //   lock      takes the version lock, plans again under it   lock              - (released at the end, always)       takes the dead holder's lock over
 //   service   supervisorctl answers for the program          service           restarts the program on what is on    starts over
 //                                                                              disk, if it was restarted meanwhile
+//   signature (keys set) verifies the signed checksum file   signed            -                                     starts over (two small GETs)
 //   download  streams and verifies (rollback: the backup)    staged            removes the staged file               resumes the partial (§13)
 //   hold      (rollback) holds the version it leaves         holdsBefore       puts the holds back                   finds the hold; the operator retries
 //   journal   records the attempt (SPEC §12)                 record            removes the record, unless swapped    finds no record, or one not swapped: starts over
@@ -34,6 +35,9 @@ import { previewLock } from "./lockinspect.ts";
 import { errorText, type Logger } from "./log.ts";
 import { readManifest, updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
 import { runSteps, type Step, type StepsResult, type Undo } from "./phases.ts";
+import { assertRunsHere } from "./elf.ts";
+import type { TrustedKeys } from "./minisign.ts";
+import { readSignatureRecord, signedVersionOf, verifySignedTarget, writeSignatureRecord, type SignedTarget, type SignedVersion } from "./signature.ts";
 import { checkServiceAnswers, restartAndCheck, ServiceUnavailable, type ServiceCheck } from "./service.ts";
 
 /** What the pass shares with every binary's update. */
@@ -42,6 +46,10 @@ export interface PassContext {
   api: BinManagerClient;
   log: Logger;
   cache: HashCache;
+  /** The keys every target must be signed by (SPEC §9); null: targets are not signature-checked. */
+  trustedKeys: TrustedKeys | null;
+  /** This host's architecture as `uname -m` prints it: what a download must be built for, and what a checksum file may name. */
+  cpuArch: string;
 }
 
 /** How one binary's update ended, as data: a failure says in which step, and what its undo achieved. */
@@ -98,8 +106,8 @@ export function currentHash(cache: HashCache, binPath: string): Sha256 | null {
   return cache.hash(binPath);
 }
 
-/** --dry-run: what a real pass would do, from reads only (no lock taken, nothing written). */
-export function preview(ctx: PassContext, entry: Entry, target: Target): string {
+/** --dry-run: what a real pass would do, from reads only (no lock taken, nothing written; with trusted keys, GETs of the two small signature files). */
+export async function preview(ctx: PassContext, entry: Entry, target: Target): Promise<string> {
   const binPath = binaryPath(ctx.settings, entry.binaryName);
   const onDisk = currentHash(ctx.cache, binPath);
   const open = readAttempt(ctx.settings.stateDir, entry.binaryName);
@@ -122,8 +130,23 @@ export function preview(ctx: PassContext, entry: Entry, target: Target): string 
       if (lock?.kind === "busy") return "busy";
       const takeover = lock === null ? "" : lock.kind === "end-holder" ? " (after ending the run past LOCK_TIMEOUT on it)" : ` (taking over its ${lock.why === "stale" ? "stale" : "dead holder's"} lock)`;
       if (decision.kind === "finish") return `would restart ${entry.serviceName || entry.binaryName} on ${short(target.sha256)} and record it${takeover}`;
-      return (onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`) + takeover;
+      const would = (onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`) + takeover;
+      return ctx.trustedKeys ? `${would}; ${await previewSignature(ctx, entry, onDisk, target)}` : would;
     }
+  }
+}
+
+/** What the signature step would say of target, for --dry-run. */
+async function previewSignature(ctx: PassContext, entry: Entry, onDisk: Sha256 | null, target: Target): Promise<string> {
+  const installed = signedVersionOf(readSignatureRecord(ctx.settings.stateDir, entry.binaryName), onDisk);
+  try {
+    const signed = await verifySignedTarget({
+      urls: ctx.api.downloadUrls(entry.binaryName, target.sha256), binaryName: entry.binaryName, cpuArch: ctx.cpuArch, target: target.sha256,
+      keys: ctx.trustedKeys!, policy: ctx.api.policy, notBefore: installed?.timestamp ?? null,
+    });
+    return `signature verifies (key ${signed.keyId}, signed ${new Date(signed.timestamp * 1000).toISOString()})`;
+  } catch (err) {
+    return `signature refused: ${errorText(err)}`;
   }
 }
 
@@ -144,7 +167,9 @@ interface Attempt {
   /** service: the program restarted after the swap; null when nothing is restarted. */
   service: ServiceCheck | null;
   /** hold (rollback only): the entry's holds before the rollback held the version it leaves. */
-  holdsBefore: { hold: Hold | null; otherHolds: Hold[] | null } | null;
+  holdsBefore: Pick<Entry, "hold" | "otherHolds"> | null;
+  /** signature: the target's verified signature, and the installed version's (null when unsigned). */
+  signed: { target: SignedTarget; installed: SignedVersion | null } | null;
   /** download: the verified new file beside the binary. */
   staged: Downloaded | null;
   /** journal: the attempt as recorded; resumption starts from it. */
@@ -164,7 +189,7 @@ function newAttempt(ctx: PassContext, entry: Entry, target: Target, source: Sour
   const name = entry.binaryName;
   return {
     ctx, target, source, name, binPath: binaryPath(ctx.settings, name), startedMs: Date.now(), entry,
-    onDisk: null, lock: null, service: null, holdsBefore: null, staged: null, record: null, backup: null, swapped: false, restarted: false,
+    onDisk: null, lock: null, service: null, holdsBefore: null, signed: null, staged: null, record: null, backup: null, swapped: false, restarted: false,
   };
 }
 
@@ -225,12 +250,30 @@ const holdLeftVersion: Step<Attempt, Stop> = {
   // Held before the swap: a pass that starts meanwhile leaves the binary to this rollback instead of
   // taking its own lock, which would end this run.
   async run(a) {
-    a.holdsBefore = { hold: a.entry.hold, otherHolds: a.entry.otherHolds ?? null };
+    a.holdsBefore = { hold: a.entry.hold, otherHolds: a.entry.otherHolds };
     recordManifest(a, rollbackHolds(a));
   },
   async undo(a) {
-    if (a.holdsBefore) recordManifest(a, a.holdsBefore);
+    if (a.holdsBefore) recordManifest(a, { hold: a.holdsBefore.hold, otherHolds: a.holdsBefore.otherHolds ?? null });
     return "nothing";
+  },
+};
+
+/** With trusted keys, the target's checksum file and signature are verified before a byte of the binary is fetched. */
+const signature: Step<Attempt, Stop> = {
+  name: "signature",
+  async run(a) {
+    const { settings, api, log, trustedKeys, cpuArch } = a.ctx;
+    if (!trustedKeys) return;
+    const stored = readSignatureRecord(settings.stateDir, a.name);
+    if (stored.kind === "invalid") log.warn("signature_record_ignored", { bin: a.name, file: stored.path, reason: stored.reason });
+    const installed = signedVersionOf(stored, a.onDisk);
+    const target = await verifySignedTarget({
+      urls: api.downloadUrls(a.name, a.target.sha256), binaryName: a.name, cpuArch, target: a.target.sha256, keys: trustedKeys, policy: api.policy,
+      notBefore: installed?.timestamp ?? null,
+      onAttemptFailed: (url, reason) => log.warn("signature_attempt_failed", { bin: a.name, url, reason }),
+    });
+    a.signed = { target, installed };
   },
 };
 
@@ -257,6 +300,8 @@ const download: Step<Attempt, Stop> = {
     } finally {
       clearInterval(ticker);
     }
+    // Before anything is swapped: an ELF this host cannot run is refused with both architectures named (SPEC §10).
+    assertRunsHere(a.staged.tempPath, a.ctx.cpuArch);
     if (a.name === "bin-proxy") await checkRuns(a.staged);
   },
   async undo(a) {
@@ -269,8 +314,11 @@ const download: Step<Attempt, Stop> = {
 const journal: Step<Attempt, Stop> = {
   name: "journal",
   async run(a) {
+    const { stateDir } = a.ctx.settings;
     a.record = { target: a.target.sha256, targetName: a.target.version, replaced: a.onDisk, source: a.source.kind, startedAt: new Date().toISOString(), deaths: 0 };
-    writeAttempt(a.ctx.settings.stateDir, a.name, a.record);
+    writeAttempt(stateDir, a.name, a.record);
+    // The signed time of what is about to be installed, beside the one it replaces: right whether the swap commits or is undone.
+    if (a.signed) writeSignatureRecord(stateDir, a.name, { version: a.target.sha256, timestamp: a.signed.target.timestamp, keyId: a.signed.target.keyId }, a.signed.installed);
   },
   undo: forgetAttempt,
 };
@@ -384,7 +432,7 @@ const giveUp: Step<Attempt, Stop> = {
 };
 
 /** A normal update of the API's target, and `rollback NAME`'s restore of a kept backup. */
-const UPDATE_STEPS = [check, lock, service, download, journal, backup, install, restart, commit];
+const UPDATE_STEPS = [check, lock, service, signature, download, journal, backup, install, restart, commit];
 const ROLLBACK_STEPS = [check, lock, service, download, holdLeftVersion, journal, backup, install, restart, commit];
 /** A journal record found: the lock of its target first, then the judgement. */
 const RESUME_STEPS = [{ name: "lock", run: takeLock }, judge];
