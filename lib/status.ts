@@ -1,5 +1,11 @@
 // Owns `bin-proxy status`: the local state of every managed binary as a table or JSON, offline and read-only.
-import type { Settings } from "./config.ts";
+import { readdirSync } from "node:fs";
+import { basename, dirname } from "node:path";
+import { ConfigError, type Settings } from "./config.ts";
+import { partialVersion, resumablePartial } from "./download.ts";
+import { readAttempt } from "./journal.ts";
+import { readLastPass } from "./metrics.ts";
+import { loadTrustedKeys, readSignatureRecord, signedVersionOf } from "./signature.ts";
 import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
 import { activeHold, describeHold } from "./hold.ts";
 import { listVersionLocks, type LockInfo } from "./lockinspect.ts";
@@ -24,6 +30,12 @@ export interface BinaryStatus {
   locks: (LockInfo & { stale: boolean })[];
   /** The manifest's hold; active is false once its backoff has passed (the next pass tries the target again). */
   hold: (Hold & { active: boolean }) | null;
+  /** An update recorded in the journal and not committed (its pass died, SPEC §12); null: none. */
+  attempt: { target: Sha256; startedAt: string; deaths: number; inconsistent?: string } | null;
+  /** When the installed version was signed (SPEC §9); null: not signed, or not known. */
+  signedAt: string | null;
+  /** A partial download a pass would resume (SPEC §13); null: none. */
+  partial: { version: Sha256; bytes: number; total: number | null } | null;
   /** Why the binary needs an operator's look (the exit status is 1 when any does), or null. */
   attention: string | null;
 }
@@ -31,6 +43,10 @@ export interface BinaryStatus {
 export interface StatusReport {
   binaries: BinaryStatus[];
   rejected: RejectedEntry[];
+  /** The last pass on this host (from the metrics state); null: none recorded. */
+  lastPass: { at: string; exitCode: number; durationMs: number } | null;
+  /** Every target must be signed by a trusted key; false: targets are not signature-checked. */
+  signaturesRequired: boolean;
 }
 
 export interface StatusOptions {
@@ -50,10 +66,13 @@ export async function runStatus(settings: Settings, options: StatusOptions): Pro
   let report: StatusReport;
   try {
     const manifest = readManifest(settings.manifest);
-    report = { binaries: await collect(settings, manifest.entries, new Date()), rejected: manifest.rejected };
+    const signaturesRequired = loadTrustedKeys(settings.trustedKeys) !== null;
+    const last = readLastPass(settings.stateDir);
+    const lastPass = last && { at: last.at, exitCode: last.exitCode, durationMs: last.durationMs };
+    report = { binaries: await collect(settings, manifest.entries, new Date()), rejected: manifest.rejected, lastPass, signaturesRequired };
   } catch (err) {
-    if (!(err instanceof ManifestError)) throw err;
-    options.warn(`manifest ${settings.manifest} is invalid: ${err.message}`);
+    if (!(err instanceof ManifestError) && !(err instanceof ConfigError)) throw err;
+    options.warn(err instanceof ManifestError ? `manifest ${settings.manifest} is invalid: ${err.message}` : `configuration error: ${err.message}`);
     return EXIT_CONFIG;
   }
   options.print(options.json ? JSON.stringify(report, null, 2) : formatStatus(report));
@@ -93,18 +112,53 @@ async function collect(settings: Settings, entries: Entry[], now: Date): Promise
       supervisor: supervised(entry) ? (parseState(states, entry.serviceName) ?? "UNKNOWN") : null,
       locks: listVersionLocks(settings.lockDir, entry.binaryName).map((l) => ({ ...l, stale: l.ageSec >= settings.lockTimeoutSec })),
       hold: entry.hold && { ...entry.hold, active: activeHold(entry.hold, entry.hold.version, now) !== null },
+      attempt: attemptOf(settings.stateDir, entry.binaryName),
+      signedAt: signedAtOf(settings.stateDir, entry.binaryName, onDisk),
+      partial: partialOf(path),
       attention: null,
     };
-    return { ...row, attention: attention(row) };
+    const unknownBecause = row.supervisor === "UNKNOWN" ? oneLine(states) || "supervisorctl printed nothing" : null;
+    return { ...row, attention: attention(row, unknownBecause) };
   });
 }
 
+function attemptOf(stateDir: string, name: string): BinaryStatus["attempt"] {
+  const record = readAttempt(stateDir, name);
+  if (!record) return null;
+  return { target: record.target, startedAt: record.startedAt, deaths: record.deaths, ...(record.inconsistent ? { inconsistent: record.inconsistent } : {}) };
+}
+
+function signedAtOf(stateDir: string, name: string, onDisk: Sha256 | null): string | null {
+  const signed = signedVersionOf(readSignatureRecord(stateDir, name), onDisk);
+  return signed ? new Date(signed.timestamp * 1000).toISOString() : null;
+}
+
+/** The resumable partial download of the binary at path, whichever version it is of. */
+function partialOf(path: string): BinaryStatus["partial"] {
+  let files: string[];
+  try {
+    files = readdirSync(dirname(path));
+  } catch {
+    return null;
+  }
+  for (const file of files) {
+    const version = partialVersion(file, basename(path));
+    const kept = version && resumablePartial(path, version);
+    if (version && kept) return { version, bytes: kept.bytes, total: kept.total };
+  }
+  return null;
+}
+
+const oneLine = (text: string) => text.replace(/\s+/g, " ").trim().slice(0, 300);
+
 /** Why a binary needs an operator's look, or null; a lock or a hold is a normal state, not a problem. */
-export function attention(b: BinaryStatus): string | null {
+export function attention(b: BinaryStatus, unknownBecause: string | null = null): string | null {
   if (b.diskError) return `cannot hash ${b.path}: ${b.diskError}`;
   if (!b.onDisk) return `${b.path} is missing`;
   if (b.version && b.onDisk !== b.version) return `on disk is ${short(b.onDisk)}, the manifest says ${short(b.version)}`;
-  if (b.supervisor && b.supervisor !== "RUNNING") return `service ${b.service} is ${b.supervisor}`;
+  if (b.attempt?.inconsistent) return `inconsistent: ${b.attempt.inconsistent}`;
+  if (b.attempt) return `an update to ${short(b.attempt.target)} started ${b.attempt.startedAt} is not committed (${b.attempt.deaths} pass${b.attempt.deaths === 1 ? "" : "es"} died on it); the next pass resumes it`;
+  if (b.supervisor && b.supervisor !== "RUNNING") return `service ${b.service} is ${b.supervisor}${unknownBecause ? `: supervisorctl said: ${unknownBecause}` : ""}`;
   return null;
 }
 
@@ -128,8 +182,11 @@ export function formatStatus(report: StatusReport): string {
   const widths = HEADER.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "));
   const notes = [
+    ...report.binaries.filter((b) => b.partial).map((b) => `${b.name}: a download of ${short(b.partial!.version)} can resume: ${b.partial!.bytes} of ${b.partial!.total ?? "?"} bytes kept`),
     ...report.binaries.filter((b) => b.attention).map((b) => `${b.name}: ${b.attention}`),
     ...report.rejected.map((r) => `${r.label}: entry rejected: ${r.reason}`),
   ];
-  return [...lines, ...(notes.length > 0 ? ["", ...notes] : [])].join("\n");
+  const last = report.lastPass ? `last pass ${report.lastPass.at}, exit ${report.lastPass.exitCode}, ${report.lastPass.durationMs} ms` : "last pass not recorded (BIN_PROXY_METRICS_FILE is not set)";
+  const signatures = report.signaturesRequired ? "signatures required" : "signatures not checked (no trusted keys file)";
+  return [...lines, ...(notes.length > 0 ? ["", ...notes] : []), "", `${last}; ${signatures}`].join("\n");
 }

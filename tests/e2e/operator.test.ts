@@ -169,6 +169,8 @@ describe("status", () => {
       "down: service down is FATAL",
       `"bad/name": entry rejected: binaries[5]: not a plain name (allowed: A-Z a-z 0-9 . _ -)`,
       "",
+      "last pass not recorded (BIN_PROXY_METRICS_FILE is not set); signatures not checked (no trusted keys file)",
+      "",
     ]);
   });
 
@@ -182,7 +184,7 @@ describe("status", () => {
     const bin = statusHost.binDir;
     const row = (name: string, fields: object) => ({
       name, service: "", path: join(bin, name), onDisk: null, diskError: null, version: null, previousVersion: null,
-      supervisor: null, locks: [], hold: null, attention: null, ...fields,
+      supervisor: null, locks: [], hold: null, attempt: null, signedAt: null, partial: null, attention: null, ...fields,
     });
     const report = JSON.parse(r.stdout);
     expect(report).toEqual({
@@ -198,6 +200,8 @@ describe("status", () => {
         row("cli", { onDisk: cli.sha256, version: cli.sha256, previousVersion: older.sha256, hold: { version: other.sha256, failures: 1, until: expiredAt, active: false } }),
       ],
       rejected: [{ label: `"bad/name"`, reason: "binaries[5]: not a plain name (allowed: A-Z a-z 0-9 . _ -)" }],
+      lastPass: null,
+      signaturesRequired: false,
     });
     expect(report.binaries[1].locks[0].ageSec).toBeGreaterThanOrEqual(5);
     expect(report.binaries[1].locks[0].ageSec).toBeLessThan(120);
@@ -295,6 +299,8 @@ describe("rollback and retry", () => {
     expect(status.stdout.split("\n").map((line) => line.split(/ {2,}/))).toEqual([
       ["NAME", "SERVICE", "ON-DISK", "VERSION", "PREVIOUS", "SUPERVISOR", "LOCK", "HOLD"],
       ["app", "app", short(v1.sha256), short(v1.sha256), short(v2.sha256), "RUNNING", "-", `${short(v2.sha256)} held until the API names another version`],
+      [""],
+      ["last pass not recorded (BIN_PROXY_METRICS_FILE is not set); signatures not checked (no trusted keys file)"],
       [""],
     ]);
     expect(bm.requests).toEqual([]);

@@ -12,7 +12,7 @@ const B = "b".repeat(64) as Sha256;
 const entry = (over: Partial<Entry> = {}): Entry => ({ binaryName: "app", serviceName: "app", version: B, previousVersion: A, port: 0, hold: null, ...over });
 const row = (over: Partial<BinaryStatus> = {}): BinaryStatus => ({
   name: "app", service: "app", path: "/usr/local/bin/app", onDisk: B, diskError: null, version: B, previousVersion: A,
-  supervisor: "RUNNING", locks: [], hold: null, attention: null, ...over,
+  supervisor: "RUNNING", locks: [], hold: null, attempt: null, signedAt: null, partial: null, attention: null, ...over,
 });
 
 describe("rollback", () => {
@@ -62,12 +62,12 @@ describe("status", () => {
     expect(cells(busy).slice(6)).toEqual(["aaaaaaaaaaaa by unknown (not recorded by bin-proxy), 700s (stale)", "aaaaaaaaaaaa held until 2026-11-25T10:20:00.000Z (2 failures)"]);
   });
   test("the table aligns its columns and lists what needs attention under it", () => {
-    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }] });
+    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false });
     const lines = text.split("\n");
     expect(lines[0]).toMatch(/^NAME {9}SERVICE {2}ON-DISK/);
     expect(lines[1]!.indexOf("app  ")).toBe(0);
     expect(lines[2]!.startsWith("longer-name  app")).toBe(true);
-    expect(lines.slice(3)).toEqual(["", "longer-name: /usr/local/bin/app is missing", '"x y": entry rejected: binaries[2]: not a plain name']);
+    expect(lines.slice(3)).toEqual(["", "longer-name: /usr/local/bin/app is missing", '"x y": entry rejected: binaries[2]: not a plain name', "", "last pass not recorded (BIN_PROXY_METRICS_FILE is not set); signatures not checked (no trusted keys file)"]);
   });
 });
 
