@@ -13,27 +13,26 @@ let proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
 let output = "";
 let api = "";
 
-/** Reads the script's stdout until `pattern` appears in it (its lines come every half second). */
-async function waitForOutput(pattern: RegExp, reader: ReadableStreamDefaultReader<Uint8Array>): Promise<RegExpExecArray> {
-  const decoder = new TextDecoder();
+/** Waits until the script's stdout (read in the background) shows `pattern`; its lines come every half second. */
+async function waitForOutput(pattern: RegExp): Promise<RegExpExecArray> {
   const deadline = Date.now() + 10_000;
   for (;;) {
     const found = pattern.exec(output);
     if (found) return found;
     if (Date.now() > deadline) throw new Error(`fake-bin-manager did not print ${pattern} within 10 s:\n${output}`);
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`fake-bin-manager exited:\n${output}`);
-    output += decoder.decode(value, { stream: true });
+    await Bun.sleep(25);
   }
 }
 
-let reader: ReadableStreamDefaultReader<Uint8Array>;
 beforeAll(async () => {
   mkdirSync(releases);
   writeFileSync(join(releases, "hello"), "#!/bin/sh\necho hello v1\n");
   proc = Bun.spawn([process.execPath, SCRIPT, releases], { stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  reader = proc.stdout.getReader();
-  api = (await waitForOutput(/BIN_MANAGER_API=(http:\/\/127\.0\.0\.1:\d+\/api\/v1)/, reader))[1]!;
+  void (async () => {
+    const decoder = new TextDecoder();
+    for await (const chunk of proc.stdout) output += decoder.decode(chunk, { stream: true });
+  })();
+  api = (await waitForOutput(/BIN_MANAGER_API=(http:\/\/127\.0\.0\.1:\d+\/api\/v1)/))[1]!;
 });
 
 afterAll(async () => {
@@ -49,16 +48,16 @@ test("every file of the directory is a binary of that name; a changed file is a 
   expect(readFileSync(join(host.binDir, "hello"), "utf8")).toBe("#!/bin/sh\necho hello v1\n");
   expect(host.readManifest().binaries[0]!.version).toBe(v1.sha256);
   // It prints each request it answered.
-  await waitForOutput(/ GET \/api\/v1\/download\/hello/, reader);
+  await waitForOutput(/ GET \/api\/v1\/download\/hello/);
 
   writeFileSync(join(releases, "hello"), "#!/bin/sh\necho hello v2\n");
   const v2 = artifact(readFileSync(join(releases, "hello")));
-  await waitForOutput(new RegExp(`serving hello ${v2.sha256}`), reader);
+  await waitForOutput(new RegExp(`serving hello ${v2.sha256}`));
   const dry = await runBinProxy(["--dry-run"], host.env(api));
   expect(dry.stdout).toContain(`would update ${v1.sha256.slice(0, 12)} -> ${v2.sha256.slice(0, 12)}`);
 
   rmSync(join(releases, "hello"));
-  await waitForOutput(/no longer serving hello/, reader);
+  await waitForOutput(/no longer serving hello/);
   const gone = await runBinProxy(["--dry-run"], host.env(api));
   expect(gone.code).toBe(1);
   expect(gone.stderr).toContain("target_unavailable");
