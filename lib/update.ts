@@ -36,7 +36,7 @@ import { errorText, type Logger } from "./log.ts";
 import { readManifest, updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
 import { runSteps, type Step, type StepsResult, type Undo } from "./phases.ts";
 import { assertRunsHere } from "./elf.ts";
-import type { TrustedKeys } from "./minisign.ts";
+import { formatSignedTime, type TrustedKeys } from "./minisign.ts";
 import { readSignatureRecord, signedVersionOf, verifySignedTarget, writeSignatureRecord, type SignedTarget, type SignedVersion } from "./signature.ts";
 import { checkServiceAnswers, restartAndCheck, ServiceUnavailable, type ServiceCheck } from "./service.ts";
 
@@ -144,7 +144,7 @@ async function previewSignature(ctx: PassContext, entry: Entry, onDisk: Sha256 |
       urls: ctx.api.downloadUrls(entry.binaryName, target.sha256), binaryName: entry.binaryName, cpuArch: ctx.cpuArch, target: target.sha256,
       keys: ctx.trustedKeys!, policy: ctx.api.policy, notBefore: installed?.timestamp ?? null,
     });
-    return `signature verifies (key ${signed.keyId}, signed ${new Date(signed.timestamp * 1000).toISOString()})`;
+    return `signature verifies (key ${signed.keyId}, signed ${formatSignedTime(signed.timestamp)})`;
   } catch (err) {
     return `signature refused: ${errorText(err)}`;
   }
