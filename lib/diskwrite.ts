@@ -74,12 +74,11 @@ export class DiskWriter {
   }
 
   /**
-   * After a cut: the block still filling is dropped and the writes in flight awaited. The returned
+   * After a cut: the writes in flight are awaited, and the block still filling is never written. The returned
    * offset is then the end of what this writer put on disk, whole blocks every one seen by onBlock;
    * a write that failed is thrown instead (that is the disk's failure, not the network's).
    */
   async abandonTail(): Promise<number> {
-    this.filled = 0;
     await this.settle();
     if (this.failure) throw this.failure;
     return this.written;
