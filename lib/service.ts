@@ -1,8 +1,14 @@
 // Owns the supervised service: supervisorctl restart, the RUNNING check and the TCP health check.
 import { connect } from "node:net";
 
+/** How supervisorctl is run: its path, and its config file (SUPERVISORCTL_CONFIG, passed as `-c`) when set. */
+export interface Supervisorctl {
+  path: string;
+  config: string | null;
+}
+
 export interface ServiceCheck {
-  supervisorctl: string;
+  supervisorctl: Supervisorctl;
   program: string;
   port: number;
   timeoutMs: number;
@@ -17,18 +23,18 @@ export function parseState(output: string, program: string): string | null {
   return null;
 }
 
-async function supervisorctl(path: string, args: string[], timeoutMs: number): Promise<{ code: number; output: string }> {
+async function supervisorctl(ctl: Supervisorctl, args: string[], timeoutMs: number): Promise<{ code: number; output: string }> {
   // cwd "/": without -c, supervisorctl reads a supervisord.conf from its working directory first.
   // The environment is passed without the API token: no child ever needs it.
   const { BIN_MANAGER_TOKEN: _token, ...env } = process.env;
-  const child = Bun.spawn([path, ...args], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: timeoutMs, killSignal: "SIGKILL" });
+  const child = Bun.spawn([ctl.path, ...(ctl.config ? ["-c", ctl.config] : []), ...args], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: timeoutMs, killSignal: "SIGKILL" });
   const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   return { code, output: (out + err).trim() };
 }
 
 /** What `supervisorctl status PROGRAM…` prints: read it with parseState (its exit status is 0 even for BACKOFF). */
-export async function supervisorStatus(path: string, programs: string[], timeoutMs: number): Promise<string> {
-  return (await supervisorctl(path, ["status", ...programs], timeoutMs)).output;
+export async function supervisorStatus(ctl: Supervisorctl, programs: string[], timeoutMs: number): Promise<string> {
+  return (await supervisorctl(ctl, ["status", ...programs], timeoutMs)).output;
 }
 
 /**
@@ -46,12 +52,12 @@ export async function checkServiceAnswers(check: ServiceCheck): Promise<void> {
   try {
     output = await supervisorStatus(check.supervisorctl, [check.program], check.timeoutMs);
   } catch (err) {
-    throw new ServiceUnavailable(`cannot run ${check.supervisorctl}: ${(err as Error).message}`);
+    throw new ServiceUnavailable(`cannot run ${check.supervisorctl.path}: ${(err as Error).message}`);
   }
   if (parseState(output, check.program) !== null) return;
   const why = /no such (process|group)/i.test(output)
     ? `supervisord has no program ${check.program}: add a [program:${check.program}] section, or fix serviceName in the manifest`
-    : `supervisord does not answer: start it (or point SUPERVISORCTL at the right supervisorctl / -c config)`;
+    : `supervisord does not answer: start it (or point SUPERVISORCTL at the right supervisorctl, SUPERVISORCTL_CONFIG at its config)`;
   throw new ServiceUnavailable(`${why}; supervisorctl said: ${oneLine(output) || "nothing"}`);
 }
 

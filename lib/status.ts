@@ -87,7 +87,7 @@ async function collect(settings: Settings, entries: Entry[], now: Date): Promise
   let states = "";
   if (programs.length > 0) {
     try {
-      states = await supervisorStatus(settings.supervisorctl!, programs, settings.healthTimeoutMs);
+      states = await supervisorStatus({ path: settings.supervisorctl!, config: settings.supervisorctlConfig }, programs, settings.healthTimeoutMs);
     } catch {
       // supervisorctl could not run: every state is UNKNOWN
     }

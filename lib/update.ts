@@ -13,10 +13,10 @@
 //   download  streams and verifies (rollback: the backup)    staged            removes the staged file               resumes the partial (§13)
 //   hold      (rollback) holds the version it leaves         holdsBefore       puts the holds back                   finds the hold; the operator retries
 //   journal   records the attempt (SPEC §12)                 record            removes the record, unless swapped    finds no record, or one not swapped: starts over
-//   backup    keeps the binary on disk under the state dir   backup            - (a spare copy, pruned at commit)    starts over
-//   install   renames the new file over the binary           swapped           puts the backup back, atomically      resumes: restarts and checks, counting the death
+//   install   keeps the binary on disk as the backup, then   backup, swapped   puts the backup back, atomically      before the rename: starts over; after it:
+//             renames the new file over it                                                                              resumes (restarts and checks, counting the death)
 //   restart   restarts, waits for RUNNING and the port       restarted         - (service's undo restarts again)     resumes, counting; the 2nd death gives up
-//   commit    manifest, journal done, progress, POST         -                 -                                     finds it committed; sends the report
+//   report    commits: manifest, journal done; progress, POST  -               -                                     finds it committed; sends the report
 import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync } from "node:fs";
 import { join } from "node:path";
 import type { BinManagerClient, ProgressStatus, Target } from "./api.ts";
@@ -174,7 +174,7 @@ interface Attempt {
   staged: Downloaded | null;
   /** journal: the attempt as recorded; resumption starts from it. */
   record: AttemptRecord | null;
-  /** backup: the kept copy of the binary it replaces (null: nothing was there, or no backup kept). */
+  /** install: the kept copy of the binary it replaces (null: nothing was there, or no backup kept). */
   backup: string | null;
   /** install: the new binary is in place. */
   swapped: boolean;
@@ -301,8 +301,8 @@ const download: Step<Attempt, Stop> = {
       clearInterval(ticker);
     }
     // Before anything is swapped: an ELF this host cannot run is refused with both architectures named (SPEC §10).
-    assertRunsHere(a.staged.tempPath, a.ctx.cpuArch);
-    if (a.name === "bin-proxy") await checkRuns(a.staged);
+    if (a.name === "bin-proxy") await checkRuns(a.staged, a.ctx.cpuArch);
+    else assertRunsHere(a.staged.tempPath, a.ctx.cpuArch);
   },
   async undo(a) {
     if (a.staged) discard(a.staged);
@@ -329,13 +329,6 @@ async function forgetAttempt(a: Attempt): Promise<"nothing"> {
   return "nothing";
 }
 
-const backup: Step<Attempt, Stop> = {
-  name: "backup",
-  async run(a) {
-    if (a.onDisk) a.backup = keepBackup(a.binPath, a.ctx.settings.stateDir, a.name, a.onDisk);
-  },
-};
-
 /** Puts the replaced binary back the same atomic way; the inverse of the swap, for a normal and a resumed attempt alike. */
 async function putBack(a: Attempt): Promise<"restored" | "nothing"> {
   if (!a.swapped) return "nothing";
@@ -348,9 +341,11 @@ async function putBack(a: Attempt): Promise<"restored" | "nothing"> {
   return "restored";
 }
 
+/** SPEC §6 step 5: the binary on disk is kept under the state dir, then the new file is renamed over it. */
 const install: Step<Attempt, Stop> = {
   name: "install",
   async run(a) {
+    if (a.onDisk) a.backup = keepBackup(a.binPath, a.ctx.settings.stateDir, a.name, a.onDisk);
     installDownload(a.staged!, a.binPath);
     a.swapped = true;
     a.ctx.cache.record(a.binPath, a.target.sha256);
@@ -367,8 +362,8 @@ const restart: Step<Attempt, Stop> = {
   },
 };
 
-const commit: Step<Attempt, Stop> = {
-  name: "commit",
+const report: Step<Attempt, Stop> = {
+  name: "report",
   async run(a) {
     const { settings, log } = a.ctx;
     const previous = a.record?.replaced ?? a.onDisk;
@@ -432,11 +427,11 @@ const giveUp: Step<Attempt, Stop> = {
 };
 
 /** A normal update of the API's target, and `rollback NAME`'s restore of a kept backup. */
-const UPDATE_STEPS = [check, lock, service, signature, download, journal, backup, install, restart, commit];
-const ROLLBACK_STEPS = [check, lock, service, download, holdLeftVersion, journal, backup, install, restart, commit];
+const UPDATE_STEPS = [check, lock, service, signature, download, journal, install, restart, report];
+const ROLLBACK_STEPS = [check, lock, service, download, holdLeftVersion, journal, install, restart, report];
 /** A journal record found: the lock of its target first, then the judgement. */
 const RESUME_STEPS = [{ name: "lock", run: takeLock }, judge];
-const FINISH_STEPS = [service, journaledBefore, swappedBefore, restart, commit];
+const FINISH_STEPS = [service, journaledBefore, swappedBefore, restart, report];
 const GIVE_UP_STEPS = [service, restore, giveUp];
 
 /* ----------------------------------------------------------------- the flow */
@@ -569,7 +564,7 @@ function serviceOf(a: Attempt): ServiceCheck | null {
       `${a.name} runs as supervisor program ${program}, but no supervisorctl was found (PATH, /usr/bin, /usr/local/bin): install supervisor, set SUPERVISORCTL to its path, or SUPERVISORCTL="" to update without restarting`,
     );
   }
-  return { supervisorctl: settings.supervisorctl, program, port: a.entry.port, timeoutMs: settings.healthTimeoutMs };
+  return { supervisorctl: { path: settings.supervisorctl, config: settings.supervisorctlConfig }, program, port: a.entry.port, timeoutMs: settings.healthTimeoutMs };
 }
 
 function notRestartedReason(a: Attempt): string | undefined {
@@ -612,8 +607,13 @@ async function resendReport(ctx: PassContext, name: string): Promise<void> {
   await sendReport(ctx, name);
 }
 
-/** A new bin-proxy must answer --version before it replaces the running one. */
-async function checkRuns(download: Downloaded): Promise<void> {
+/** A new bin-proxy must be built for this host and answer --version before it replaces the running one. */
+async function checkRuns(download: Downloaded, cpuArch: string): Promise<void> {
+  try {
+    assertRunsHere(download.tempPath, cpuArch);
+  } catch (err) {
+    throw new Error(`the new bin-proxy does not run: ${errorText(err)}`);
+  }
   // Executing a file still open for writing fails with ETXTBSY: close it, run it, reopen it.
   fchmodSync(download.fd, 0o700);
   closeSync(download.fd);

@@ -514,7 +514,7 @@ describe("HTTPS and the token", () => {
   test("a configuration error quoting a value that holds the token is redacted", async () => {
     await faultCase(() => ({ env: { NODE_NAME: `node ${TOKEN}` } }), { code: 2, app: "intact", next: "intact", cause: null }, {
       check: (w, run) => {
-        expect(run.stderr).toMatch(/^bin-proxy: configuration error: NODE_NAME must be .*"node \[redacted\]"$/m);
+        expect(run.stderr).toMatch(/^bin-proxy: configuration error: NODE_NAME must be .*"node \[redacted\]" \(set in the environment\)$/m);
         expect(w.host.log()).toMatch(/level=warn event=not_started error=.*node \[redacted\]/);
       },
     });

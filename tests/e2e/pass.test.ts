@@ -126,6 +126,7 @@ beforeAll(async () => {
     { name: "rf" }, // restart failure
     { name: "ph", port: portServicePort }, // port health failure
     { name: "noctl" }, // SUPERVISORCTL=""
+    { name: "ctlconf" }, // SUPERVISORCTL_CONFIG
     { name: "fin" }, // finishing an interrupted update
     { name: "adp" }, // adopting what is on disk
   ];
@@ -299,6 +300,24 @@ describe("with a supervised service", () => {
     expect(await sup.pid("noctl")).toBe(pidBefore);
     expect(s.host.readManifest().binaries[0]!.version).toBe(v2.sha256);
     expect(progressOf("noctl").map((p) => p.status)).toEqual(["in_progress", "success"]);
+    // The operator is told the service still runs the old code (SPEC §6, issue: not restarted is said, not hidden).
+    expect(eventsOf(s.host, "updated")[0]!.fields.not_restarted).toBe("SUPERVISORCTL is empty: noctl still runs the old binary until it is restarted");
+  }, SUPERVISED_MS);
+
+  test("SUPERVISORCTL_CONFIG is passed to supervisorctl as -c: the plain supervisorctl restarts the service of that supervisord", async () => {
+    const s = service("ctlconf");
+    const v2 = artifact(serviceScript({ tag: "ctlconf-v2" }));
+    bm.setTarget("ctlconf", v2);
+    s.host.writeManifest([entry("ctlconf", { serviceName: "ctlconf", version: s.v1.sha256 })]);
+    const pidBefore = await sup.pid("ctlconf");
+
+    const plain = Bun.which("supervisorctl") ?? "/usr/bin/supervisorctl";
+    const r = await pass(s.host, { SUPERVISORCTL: plain, SUPERVISORCTL_CONFIG: sup.conf });
+    expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(readFileSync(s.path)).toEqual(bytesOf(v2));
+    expect(await sup.pid("ctlconf")).not.toBe(pidBefore);
+    expect(await sup.status("ctlconf")).toBe("RUNNING");
+    expect(s.host.readManifest().binaries[0]!.version).toBe(v2.sha256);
   }, SUPERVISED_MS);
 
   test("target on disk but the manifest names the old version: a pass died after the swap, so restart and report", async () => {
