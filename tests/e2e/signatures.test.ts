@@ -206,6 +206,10 @@ describe("a target not validly signed is refused before any download, and held",
     }
     // The URLs are named without their query.
     expect(error).not.toContain("?sha256=");
+    // Held: the next pass asks for nothing of it, not even the small files.
+    bm.clearRequests();
+    expect((await run(w)).code).toBe(0);
+    expect(bm.requests.filter((q) => q.path.startsWith(primary(w.name)) || q.path.startsWith(fallback(w.name)))).toEqual([]);
   });
 
   test("the checksum file changed after signing", async () => {
