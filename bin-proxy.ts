@@ -5,6 +5,7 @@ import { parseArgs, UsageError, USAGE, type Invocation } from "./lib/cli.ts";
 import { errorText, Logger, redact } from "./lib/log.ts";
 import { EXIT_CONFIG, EXIT_FAILED, runPass } from "./lib/pass.ts";
 import { retry, rollback } from "./lib/rollback.ts";
+import { recordConfigErrorMetrics } from "./lib/runmetrics.ts";
 import { runStatus } from "./lib/status.ts";
 import { versionLine } from "./lib/version.ts";
 
@@ -12,6 +13,7 @@ import { versionLine } from "./lib/version.ts";
 const secrets: string[] = process.env.BIN_MANAGER_TOKEN ? [process.env.BIN_MANAGER_TOKEN] : [];
 
 async function main(argv: string[]): Promise<number> {
+  const startedAt = new Date();
   let invocation: Invocation;
   try {
     invocation = parseArgs(argv);
@@ -29,7 +31,11 @@ async function main(argv: string[]): Promise<number> {
     ({ settings, warnings } = loadSettings({ configFlag: configPath, env: process.env }));
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
-    return fatal(`configuration error: ${err.message}`, EXIT_CONFIG, err.logFile);
+    const code = fatal(`configuration error: ${err.message}`, EXIT_CONFIG, err.logFile);
+    // "Broken config" is visible as such on a dashboard, not as a host that stopped reporting.
+    const problem = recordConfigErrorMetrics(err.metricsFile, err.stateDir, startedAt);
+    if (problem) process.stderr.write(redact(`bin-proxy: metrics not written: ${problem}`, secrets) + "\n");
+    return code;
   }
   if (settings.token) secrets.push(settings.token);
   const interactive = process.stdin.isTTY === true;
@@ -41,7 +47,8 @@ async function main(argv: string[]): Promise<number> {
         secrets,
       });
       logWarnings(log, warnings);
-      return runPass(settings, log, { dryRun: command.dryRun, splay: !command.dryRun && !interactive, print });
+      const summary = command.verbose || interactive ? (line: string) => void process.stderr.write(line + "\n") : undefined;
+      return runPass(settings, log, { dryRun: command.dryRun, splay: !command.dryRun && !interactive, print, summary });
     }
     case "status":
       logWarnings(null, warnings);

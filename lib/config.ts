@@ -48,6 +48,9 @@ export const DEFAULT_TRUSTED_KEYS = "/etc/bin-proxy/trusted-keys";
 export class ConfigError extends Error {
   /** LOG_FILE as the environment or config file set it, so that the failure can still be logged there. */
   logFile: string | undefined;
+  /** BIN_PROXY_METRICS_FILE and BIN_PROXY_STATE_DIR as set, so that a broken config still shows in the metrics (SPEC §11). */
+  metricsFile: string | undefined;
+  stateDir: string | undefined;
   /** The setting whose value is wrong, so that loadSettings can say where that value came from. */
   constructor(message: string, readonly key?: Key) {
     super(message);
@@ -294,6 +297,8 @@ export function loadSettings(source: ConfigSource): LoadedSettings {
   } catch (err) {
     if (err instanceof ConfigError) {
       err.logFile = raw("LOG_FILE") || undefined;
+      err.metricsFile = raw("BIN_PROXY_METRICS_FILE") || undefined;
+      err.stateDir = raw("BIN_PROXY_STATE_DIR") || undefined;
       const from = err.key && origin(err.key);
       if (from) err.message += ` (set in ${from})`;
     }

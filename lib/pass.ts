@@ -1,18 +1,16 @@
 // Owns one pass: node info and keepalive, then every manifest entry in order, and the pass's exit status.
 import { mkdirSync } from "node:fs";
-import { BinManagerClient, type Target } from "./api.ts";
+import { BinManagerClient } from "./api.ts";
 import { ConfigError, type Settings } from "./config.ts";
 import { sweepOrphanTemps, sweepOrphanTempsUnder } from "./fsx.ts";
 import { HashCache, hashCachePath } from "./hash.ts";
 import { prepareLockDir } from "./lock.ts";
 import { sweepLockDir } from "./lockinspect.ts";
 import { errorText, type Logger } from "./log.ts";
-import { activeHoldOf } from "./hold.ts";
-import { readAttempt } from "./journal.ts";
-import { readManifest, readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
-import { recordRun, type BinaryMetrics } from "./metrics.ts";
+import { readManifestOrLog, updateManifest, type Manifest } from "./manifest.ts";
 import type { TrustedKeys } from "./minisign.ts";
 import { gatherNodeInfo, hostCpuArch, sameNodeInfo } from "./nodeinfo.ts";
+import { recordRunMetrics, type BinaryResult } from "./runmetrics.ts";
 import { loadTrustedKeys } from "./signature.ts";
 import { binaryPath, preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
 import { VERSION } from "./version.ts";
@@ -31,18 +29,12 @@ export interface PassOptions {
   summary?: (line: string) => void;
 }
 
-/** One binary's share of a pass: what the API named and how its update ended. */
-interface BinaryResult {
-  entry: Entry;
-  target: Target | null;
-  outcome: Outcome;
-}
-
 export async function runPass(settings: Settings, log: Logger, options: PassOptions): Promise<number> {
   if (options.splay && settings.splaySec > 0) await Bun.sleep(Math.random() * settings.splaySec * 1000);
   const startedAt = new Date();
   const finish = (exitCode: number, results: BinaryResult[] | null, signed: boolean | null) => {
-    if (!options.dryRun) recordPassMetrics(settings, log, { startedAt, exitCode, results, signed });
+    // A manifest or keys file that cannot be used is a configuration error: the metrics say so (bin_proxy_config_ok 0).
+    if (!options.dryRun) recordRunMetrics(settings, log, { kind: exitCode === EXIT_CONFIG ? "config-error" : "pass", startedAt, exitCode, results, signed });
     return exitCode;
   };
 
@@ -100,7 +92,7 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
     sweepLeftovers(settings, manifest, log);
     ctx.cache.save();
   }
-  const count = (kind: Outcome["kind"]) => results.filter((r) => r.outcome.kind === kind).length;
+  const count = (kind: Outcome["kind"]) => results.filter((r) => r.outcome?.kind === kind).length;
   options.summary?.(
     `bin-proxy: pass done: ${manifest.entries.length} checked, ${count("up-to-date")} up to date, ${count("updated") + count("adopted")} updated, ` +
       `${count("held")} held, ${count("busy")} busy, ${count("failed")} failed, took_ms=${Date.now() - startedAt.getTime()}`,
@@ -118,36 +110,6 @@ export function trustedKeysOrLog(settings: Settings, log: Logger): TrustedKeys |
     log.error("trusted_keys_invalid", { error: err.message });
     return undefined;
   }
-}
-
-/** The metrics of a pass (SPEC §11), from what it learnt of each binary; a failure to write them is logged, never fatal. */
-function recordPassMetrics(settings: Settings, log: Logger, pass: { startedAt: Date; exitCode: number; results: BinaryResult[] | null; signed: boolean | null }): void {
-  if (!settings.metricsFile) return;
-  const now = new Date();
-  const binaries = pass.results?.map(({ entry, target, outcome }): BinaryMetrics => {
-    const recorded = readManifest(settings.manifest).entries.find((e) => e.binaryName === entry.binaryName) ?? entry;
-    const hold = target ? activeHoldOf(recorded, target.sha256, now) : null;
-    return {
-      name: entry.binaryName,
-      installed: recorded.version,
-      target: target?.sha256 ?? null,
-      targetVersion: target?.version,
-      held: hold !== null,
-      holdFailures: hold?.failures ?? 0,
-      uncommitted: readAttempt(settings.stateDir, entry.binaryName) !== null,
-      event: {
-        updated: outcome.kind === "updated" || outcome.kind === "adopted",
-        failed: outcome.kind === "failed",
-        rolledBack: outcome.kind === "failed" && outcome.rolledBack,
-        downloadedBytes: outcome.kind === "updated" || outcome.kind === "failed" ? outcome.downloadedBytes : 0,
-      },
-    };
-  });
-  const problem = recordRun(settings.metricsFile, settings.stateDir, {
-    kind: "pass", startedAt: pass.startedAt, durationMs: now.getTime() - pass.startedAt.getTime(), exitCode: pass.exitCode,
-    signaturesRequired: pass.signed, binaries: binaries ?? null,
-  });
-  if (problem) log.warn("metrics_not_written", { file: settings.metricsFile, error: problem });
 }
 
 /** A binary whose update could not even start (the API did not name a target, or an unexpected error). */

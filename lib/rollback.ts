@@ -10,6 +10,7 @@ import { holdsOf } from "./hold.ts";
 import { readAttempt } from "./journal.ts";
 import { readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
 import { hostCpuArch } from "./nodeinfo.ts";
+import { recordOperatorMetrics } from "./runmetrics.ts";
 import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK, trustedKeysOrLog } from "./pass.ts";
 import { updateBinary, type PassContext } from "./update.ts";
 
@@ -54,6 +55,13 @@ function entryOf(settings: Settings, log: Logger, command: string, name: string)
  * names another. Any failure puts everything back as it was.
  */
 export async function rollback(settings: Settings, log: Logger, name: string, options: OperatorOptions): Promise<number> {
+  const startedAt = new Date();
+  const exitCode = await rollBack(settings, log, name, options);
+  recordOperatorMetrics(settings, log, { kind: "rollback", name, startedAt, exitCode, event: { rolledBack: exitCode === EXIT_OK } });
+  return exitCode;
+}
+
+async function rollBack(settings: Settings, log: Logger, name: string, options: OperatorOptions): Promise<number> {
   const entry = entryOf(settings, log, "rollback", name);
   if (typeof entry === "number") return entry;
   const to = rollbackTarget(entry, settings.stateDir, existsSync);
@@ -100,6 +108,13 @@ export async function rollback(settings: Settings, log: Logger, name: string, op
 
 /** Clears NAME's hold, so the next pass tries the API's target again. */
 export function retry(settings: Settings, log: Logger, name: string, options: OperatorOptions): number {
+  const startedAt = new Date();
+  const exitCode = clearHolds(settings, log, name, options);
+  recordOperatorMetrics(settings, log, { kind: "retry", name, startedAt, exitCode, event: {} });
+  return exitCode;
+}
+
+function clearHolds(settings: Settings, log: Logger, name: string, options: OperatorOptions): number {
   const entry = entryOf(settings, log, "retry", name);
   if (typeof entry === "number") return entry;
   const holds = holdsOf(entry);

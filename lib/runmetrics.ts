@@ -1,0 +1,89 @@
+// Owns what a run tells the metrics (SPEC §11): each binary's facts gathered from the manifest, the journal and the run's outcome, recorded after a pass, rollback, retry or configuration error.
+import { isAbsolute } from "node:path";
+import type { Target } from "./api.ts";
+import type { Settings } from "./config.ts";
+import { activeHold, activeHoldOf } from "./hold.ts";
+import { readAttempt } from "./journal.ts";
+import type { Logger } from "./log.ts";
+import { readManifest, type Entry } from "./manifest.ts";
+import { recordConfigError, recordRun, type BinaryEvent, type BinaryMetrics, type RunKind } from "./metrics.ts";
+import type { Outcome } from "./update.ts";
+
+/** One binary's share of a run: what the API named (null: not asked) and how its update ended (null: not touched). */
+export interface BinaryResult {
+  entry: Entry;
+  target: Target | null;
+  outcome: Outcome | null;
+  /** What the run did to the binary, when it is not what the outcome of an update says (`rollback NAME`). */
+  event?: BinaryEvent;
+}
+
+export interface RunReport {
+  kind: Exclude<RunKind, "status">;
+  startedAt: Date;
+  exitCode: number;
+  /** Whether targets must be signed; null: not known (the run stopped before the keys were read). */
+  signed: boolean | null;
+  /** Every managed binary; null: the manifest could not be read. */
+  results: BinaryResult[] | null;
+}
+
+/** Writes the metrics file when one is configured; a failure to write it is logged, never fatal. */
+export function recordRunMetrics(settings: Settings, log: Logger, run: RunReport): void {
+  if (!settings.metricsFile) return;
+  const now = new Date();
+  // What is recorded now, after the run: the manifest may have changed under it.
+  let recorded: Entry[] = [];
+  try {
+    recorded = readManifest(settings.manifest).entries;
+  } catch {
+    // unreadable now: the entries as the run knew them
+  }
+  const binaries = run.results?.map((result) => binaryMetrics(settings.stateDir, recorded.find((e) => e.binaryName === result.entry.binaryName) ?? result.entry, result, now));
+  const problem = recordRun(settings.metricsFile, settings.stateDir, {
+    kind: run.kind, startedAt: run.startedAt, durationMs: now.getTime() - run.startedAt.getTime(), exitCode: run.exitCode,
+    signaturesRequired: run.signed, binaries: binaries ?? null,
+  });
+  if (problem) log.warn("metrics_not_written", { file: settings.metricsFile, error: problem });
+}
+
+function binaryMetrics(stateDir: string, entry: Entry, { target, outcome, event }: BinaryResult, now: Date): BinaryMetrics {
+  // Without a target (an operator command), the entry's own hold says whether it holds something.
+  const hold = target ? activeHoldOf(entry, target.sha256, now) : entry.hold && activeHold(entry.hold, entry.hold.version, now);
+  const metrics: BinaryMetrics = {
+    name: entry.binaryName,
+    installed: entry.version,
+    held: hold !== null,
+    holdFailures: hold?.failures ?? 0,
+    uncommitted: readAttempt(stateDir, entry.binaryName) !== null,
+  };
+  if (target) Object.assign(metrics, { target: target.sha256, targetVersion: target.version });
+  if (event) metrics.event = event;
+  else if (outcome) {
+    metrics.event = {
+      updated: outcome.kind === "updated" || outcome.kind === "adopted",
+      failed: outcome.kind === "failed",
+      rolledBack: outcome.kind === "failed" && outcome.rolledBack,
+      downloadedBytes: outcome.kind === "updated" || outcome.kind === "failed" ? outcome.downloadedBytes : 0,
+    };
+  }
+  return metrics;
+}
+
+/** After `rollback NAME` or `retry NAME`: every binary's facts as the manifest has them now, and what the command did to NAME. */
+export function recordOperatorMetrics(settings: Settings, log: Logger, command: { kind: "rollback" | "retry"; name: string; startedAt: Date; exitCode: number; event: BinaryEvent }): void {
+  let entries: Entry[] | null = null;
+  try {
+    entries = readManifest(settings.manifest).entries;
+  } catch {
+    // an invalid manifest: what is known of each binary is kept from earlier runs
+  }
+  const results = entries?.map((entry) => ({ entry, target: null, outcome: null, ...(entry.binaryName === command.name ? { event: command.event } : {}) }));
+  recordRunMetrics(settings, log, { kind: command.kind, startedAt: command.startedAt, exitCode: command.exitCode, signed: null, results: results ?? null });
+}
+
+/** A configuration error before any setting could be trusted: the metrics file still says so, when its path is known. */
+export function recordConfigErrorMetrics(metricsFile: string | undefined, stateDir: string | undefined, startedAt: Date): string | null {
+  if (!metricsFile || !isAbsolute(metricsFile)) return null;
+  return recordConfigError(metricsFile, stateDir && isAbsolute(stateDir) ? stateDir : null, startedAt);
+}
