@@ -303,7 +303,8 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
         const kind = err instanceof DownloadError ? err.kind : "refused";
         let reason = errorText(err);
         let again = false;
-        if (kind === "cut" && partial?.resumable() && resumes-- > 0) {
+        // A server that sent a validator can be resumed from; before a whole block is kept that is from byte 0.
+        if (kind === "cut" && partial?.info && resumes-- > 0) {
           reason += `; resuming from byte ${partial.bytes}`;
           again = true;
         } else if (kind === "mismatch" && partial?.inherited) {

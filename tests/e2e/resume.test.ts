@@ -171,6 +171,16 @@ describe("a download cut short continues where it stopped", () => {
     }, 60_000);
   }
 
+  test("within one pass, a cut before the first whole block is on disk is tried again from byte 0 on the same URL", async () => {
+    const w = world("smallcut");
+    bm.setTarget(w.name, OTHER);
+    bm.interrupt(w.name, { at: 600_000, times: 1 });
+    expect(await pass(w)).toEqual(clean);
+    expect(downloads(w)).toEqual([{ path: w.primary, range: null }, { path: w.primary, range: null }]);
+    expect(events(w.host, "download_attempt_failed").map((e) => e.reason)).toEqual([expect.stringMatching(/^body cut short after \d+ bytes: .*; resuming from byte 0$/)]);
+    expectDone(w.host, w.name, w.v1, OTHER);
+  }, 60_000);
+
   test("a server that sends Last-Modified and no ETag is resumed with that date", async () => {
     const w = world("lastmodified");
     bm.setRanges(w.name, { validator: "last-modified" });
