@@ -161,6 +161,9 @@ const gateDownload = (w: World, at: number, defer: (undo: () => void) => void) =
 };
 
 const manifestTemp = (w: World) => readdirSync(join(w.host.root, "etc")).some((f) => f.startsWith(".bin-manifests.json.") && f.endsWith(".tmp"));
+const journalDir = (w: World) => join(w.host.stateDir, "journal");
+const journalFiles = (w: World) => (existsSync(journalDir(w)) ? readdirSync(journalDir(w)) : []);
+const attemptPath = (w: World) => join(journalDir(w), `${w.name}.attempt.json`);
 const recorded = (w: World) => (JSON.parse(readFileSync(w.host.manifest, "utf8")) as { binaries: { version: string }[] }).binaries[0]!.version;
 
 const cases: KillCase[] = [
@@ -204,6 +207,23 @@ const cases: KillCase[] = [
     left(w, found) {
       expect(found).toEqual({ onDisk: w.v1.sha256, recorded: w.v1.sha256 });
       expect(statSync(w.partial).size).toBeLessThanOrEqual(2 * BLOCK);
+    },
+  },
+  {
+    name: "while the journal record is written (its temp file there, as near as polling gets)",
+    at: (w) => until(() => journalFiles(w).length > 0, () => "the journal record's temp file", { fast: true }),
+    left(w, found) {
+      expect(found.recorded).toBe(w.v1.sha256);
+      // Only the attempt's record (or its temp file): no report is written before the commit.
+      for (const file of journalFiles(w)) expect(file).toMatch(new RegExp(`^(${w.name}\\.attempt\\.json|\\.${w.name}\\.attempt\\.json\\.\\d+\\.tmp)$`));
+    },
+  },
+  {
+    name: "journaled, before the backup (as near as polling gets)",
+    at: (w) => until(() => existsSync(attemptPath(w)), () => "the journal record", { fast: true }),
+    left(w, found) {
+      expect(found.recorded).toBe(w.v1.sha256);
+      expect(JSON.parse(readFileSync(attemptPath(w), "utf8"))).toMatchObject({ target: w.v2.sha256, replaced: w.v1.sha256, source: "download", deaths: 0 });
     },
   },
   {
