@@ -74,9 +74,9 @@ export class DiskWriter {
   }
 
   /**
-   * After a cut: the writes in flight are awaited, and the block still filling is never written. The returned
-   * offset is then the end of what this writer put on disk, whole blocks every one seen by onBlock;
-   * a write that failed is thrown instead (that is the disk's failure, not the network's).
+   * After a cut: the writes in flight are awaited, and the block still filling is never written.
+   * The returned offset is then the end of what this writer put on disk, whole blocks every one
+   * seen by onBlock; a write that failed is thrown instead (the disk's failure, not the network's).
    */
   async abandonTail(): Promise<number> {
     await this.settle();

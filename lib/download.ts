@@ -159,7 +159,7 @@ class PartialFile {
       const size = fstatSync(fd).size;
       const info = readPartialInfo(path);
       if (size === 0 || size > maxBytes) {
-        await partial.restart();
+        partial.restart();
         return { partial, complete: false };
       }
       const kept = keptBytes(size);
@@ -171,7 +171,7 @@ class PartialFile {
         return { partial, complete: true };
       }
       if (!info || kept === 0) {
-        await partial.restart();
+        partial.restart();
         return { partial, complete: false };
       }
       ftruncateSync(fd, kept); // a torn tail is dropped, never trusted
@@ -195,7 +195,7 @@ class PartialFile {
   }
 
   /** Back to an empty file: never a mix of two responses' bytes. */
-  async restart(): Promise<void> {
+  restart(): void {
     removeIfPresent(infoPath(this.path));
     ftruncateSync(this.fd, 0);
     this.hasher = new Bun.CryptoHasher("sha256");
@@ -312,7 +312,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
           reason += "; downloading it again from byte 0";
           again = true;
         }
-        if (kind === "mismatch") await partial!.restart();
+        if (kind === "mismatch") partial!.restart();
         worthKeeping ||= kind === "cut" || kind === "unavailable";
         req.onAttemptFailed(url, reason);
         if (again) continue;
@@ -334,7 +334,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
  * whole file. Resolves once the body ended with every byte on disk and hashed.
  */
 async function receive(url: string, partial: PartialFile, req: DownloadRequest): Promise<void> {
-  if (partial.bytes > 0 && !partial.resumable()) await partial.restart();
+  if (partial.bytes > 0 && !partial.resumable()) partial.restart();
   const asked = partial.resume();
   const controller = new AbortController();
   let timer: Timer | undefined;
@@ -345,7 +345,7 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
   let disk: DiskWriter | undefined;
   try {
     arm("no response headers");
-    // Range bytes are counted as stored: an encoded answer could not be appended to decoded ones.
+    // identity: a range counts bytes as stored, and an encoded answer could not be appended to decoded bytes.
     const headers = asked ? { range: `bytes=${asked.offset}-`, "if-range": asked.validator, "accept-encoding": "identity" } : undefined;
     const res = await request(url, { method: "GET", signal: controller.signal, headers }, req.policy).catch((err: unknown) => {
       throw new DownloadError(errorText(err), "unavailable");
@@ -355,10 +355,11 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
     if (answer.kind === "refused") throw new DownloadError(`HTTP ${res.status}`, answer.transient ? "unavailable" : "refused");
     if (answer.kind === "ask-whole") {
       req.onResume?.(url, `started over from byte 0: ${answer.why}`);
-      await partial.restart();
+      partial.restart();
       clearTimeout(timer);
       return await receive(url, partial, req);
     }
+    if (!res.body) throw new DownloadError("empty response");
     // An encoded body is decoded by fetch: its Content-Length is not the file's size.
     const encoded = (res.headers.get("content-encoding")?.trim().toLowerCase() ?? "identity") !== "identity";
     const declared = answer.kind === "append" ? answer.total : encoded ? null : Number(res.headers.get("content-length") ?? NaN);
@@ -370,13 +371,12 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
     if (answer.kind === "whole") {
       if (partial.bytes > 0) {
         req.onResume?.(url, `started over from byte 0: ${answer.why}`);
-        await partial.restart();
+        partial.restart();
       }
       partial.begin(validatorOf(res.headers), total);
     } else {
       req.onResume?.(url, `resumed at byte ${partial.bytes}${total === null ? "" : ` of ${total}`}`);
     }
-    if (!res.body) throw new DownloadError("empty response");
     // Each block is hashed as it is handed to the disk, which writes it in the background while the next bytes arrive.
     disk = new DiskWriter(partial.fd, { from: partial.bytes, onBlock: (block) => partial.hasher.update(block) });
     const from = partial.bytes;
@@ -402,14 +402,14 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
       const failure = controller.signal.aborted ? new DownloadError(errorText(controller.signal.reason), "cut") : err;
       if (failure instanceof DownloadError && failure.kind === "cut") {
         // The whole blocks written stay, with the hash of exactly them: what the next request resumes from.
-        partial.bytes = await disk.abandonTail().catch(async (diskErr: unknown) => {
-          await partial.restart();
+        partial.bytes = await disk.abandonTail().catch((diskErr: unknown) => {
+          partial.restart();
           throw diskErr;
         });
       } else {
         // Too big, or the disk failed: what was written since `from` is worth nothing, and the hash has moved past it.
         await disk.settle();
-        await partial.restart();
+        partial.restart();
       }
       throw failure;
     }
