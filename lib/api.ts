@@ -60,6 +60,16 @@ export function parseKeepaliveStatus(body: unknown): string {
   return typeof status === "string" ? status : "";
 }
 
+/** The `message` of an error answer's {code, message} envelope, as ": message", or "" when it has none: the API's own words for the operator. */
+async function apiMessage(res: Response, what: string): Promise<string> {
+  try {
+    const body: unknown = JSON.parse(new TextDecoder().decode(await readCapped(res, MAX_JSON_BYTES, what)));
+    return isObject(body) && typeof body.message === "string" && body.message ? `: ${body.message.replace(/\s+/g, " ").slice(0, 200)}` : "";
+  } catch {
+    return "";
+  }
+}
+
 export class BinManagerClient {
   readonly policy: HttpPolicy;
 
@@ -113,10 +123,7 @@ export class BinManagerClient {
     const signal = AbortSignal.timeout(this.settings.httpTimeoutMs);
     try {
       const res = await request(url, { method, body: body && JSON.stringify(body), signal }, this.policy);
-      if (!res.ok) {
-        await res.body?.cancel();
-        throw new ApiError(`${what}: HTTP ${res.status}`);
-      }
+      if (!res.ok) throw new ApiError(`${what}: HTTP ${res.status}${await apiMessage(res, what)}`);
       const bytes = await readCapped(res, MAX_JSON_BYTES, what);
       try {
         return JSON.parse(new TextDecoder().decode(bytes));

@@ -44,6 +44,8 @@ export function redact(line: string, secrets: string[]): string {
 export class Logger {
   private fileBroken = false;
   errorCount = 0;
+  /** Lines written so far: a pass that logged none changed nothing. */
+  lineCount = 0;
 
   constructor(private readonly options: LogOptions) {}
 
@@ -60,7 +62,9 @@ export class Logger {
   }
 
   private write(level: Level, event: string, fields: Fields): void {
-    const line = redact(formatLine(new Date(), level, event, fields), this.options.secrets);
+    // The pid tells the lines of runs that overlap (cron starts one every minute) apart.
+    const line = redact(formatLine(new Date(), level, event, { ...fields, pid: process.pid }), this.options.secrets);
+    this.lineCount++;
     // Once the log file has failed, every line goes to stderr instead, so cron mails what the log lost.
     if (this.options.echo || level === "error" || this.options.file === undefined || this.fileBroken) {
       process.stderr.write(line + "\n");

@@ -25,7 +25,7 @@ export interface PassOptions {
   splay: boolean;
   /** --dry-run prints its verdicts here. */
   print: (line: string) => void;
-  /** With --verbose or on a terminal: one line saying what the pass found, so "did it run?" has an answer. */
+  /** With --verbose or on a terminal: one line saying what a pass that changed nothing found, so "did it run?" has an answer. */
   summary?: (line: string) => void;
 }
 
@@ -93,7 +93,8 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
     ctx.cache.save();
   }
   const count = (kind: Outcome["kind"]) => results.filter((r) => r.outcome?.kind === kind).length;
-  options.summary?.(
+  // Only when nothing was logged: a pass that did something said so line by line already.
+  if (log.lineCount === 0) options.summary?.(
     `bin-proxy: pass done: ${manifest.entries.length} checked, ${count("up-to-date")} up to date, ${count("updated") + count("adopted")} updated, ` +
       `${count("held")} held, ${count("busy")} busy, ${count("failed")} failed, took_ms=${Date.now() - startedAt.getTime()}`,
   );

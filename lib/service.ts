@@ -69,14 +69,14 @@ export async function checkServiceAnswers(check: ServiceCheck): Promise<void> {
 export async function restartAndCheck(check: ServiceCheck): Promise<void> {
   const deadline = Date.now() + check.timeoutMs;
   const restart = await supervisorctl(check.supervisorctl, ["restart", check.program], check.timeoutMs);
-  if (restart.code !== 0) throw new Error(`supervisorctl restart ${check.program} failed (exit ${restart.code}): ${oneLine(restart.output)}`);
+  if (restart.code !== 0) throw new Error(`supervisorctl restart ${check.program} failed (exit ${restart.code}): ${oneLine(restart.output)}${whereItsLogIs(check)}`);
   // restart exits 0 even for BACKOFF, so the state word is what counts.
   for (;;) {
     const status = await supervisorStatus(check.supervisorctl, [check.program], check.timeoutMs);
     const state = parseState(status, check.program);
     if (state === "RUNNING") break;
     if (state !== "STARTING" || Date.now() > deadline) {
-      throw new Error(`${check.program} is ${state ?? "unknown"} after restart${state ? "" : `: ${oneLine(status)}`}`);
+      throw new Error(`${check.program} is ${state ?? "unknown"} after restart${state ? "" : `: ${oneLine(status)}`}${whereItsLogIs(check)}`);
     }
     await Bun.sleep(200);
   }
@@ -99,6 +99,12 @@ export function accepts(port: number, timeoutMs: number): Promise<boolean> {
     socket.once("connect", () => done(true));
     socket.once("error", () => done(false));
   });
+}
+
+/** Where the program's own words are: supervisor keeps its output, and `supervisorctl tail` shows it wherever the log file is. */
+function whereItsLogIs(check: ServiceCheck): string {
+  const ctl = [check.supervisorctl.path, ...(check.supervisorctl.config ? ["-c", check.supervisorctl.config] : [])].join(" ");
+  return `; its output: ${ctl} tail ${check.program} stderr`;
 }
 
 const oneLine = (text: string) => text.replace(/\s+/g, " ").slice(0, 300);

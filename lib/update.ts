@@ -202,7 +202,7 @@ function decide(a: Attempt): Stop | void {
   a.onDisk = currentHash(a.ctx.cache, a.binPath);
   const decision = a.source.kind === "backup" ? planRestore(a.onDisk, a.target.sha256) : plan(a.entry, a.onDisk, a.target.sha256, new Date());
   if (decision.kind === "held") {
-    a.ctx.log.info("held", { bin: a.name, target: short(a.target.sha256), failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
+    a.ctx.log.info("held", { bin: a.name, target: short(a.target.sha256), version: a.target.version || undefined, failures: decision.hold.failures, until: decision.hold.until ?? "api-moves-on" });
   }
   return decision.kind === "update" ? undefined : decision.kind;
 }
@@ -373,7 +373,7 @@ const report: Step<Attempt, Stop> = {
     removeAttempt(settings.stateDir, a.name);
     pruneBackups(settings.stateDir, a.name, [previous]);
     log.info(a.source.kind === "backup" ? "reverted" : "updated", {
-      bin: a.name, from: previous ? short(previous) : "none", to: short(a.target.sha256), held: holds.hold ? short(holds.hold.version) : undefined,
+      bin: a.name, from: previous ? short(previous) : "none", to: short(a.target.sha256), version: a.target.version || undefined, held: holds.hold ? short(holds.hold.version) : undefined,
       not_restarted: notRestartedReason(a), took_ms: Date.now() - a.startedMs,
     });
     await progress(a, "success");
@@ -512,7 +512,7 @@ async function failed(a: Attempt, result: Extract<StepsResult<Stop>, { ok: false
     } catch (err) {
       log.error("hold_not_recorded", { bin: a.name, error: errorText(err) });
     }
-    log.info("holding", { bin: a.name, target: short(a.target.sha256), failures: holds.hold.failures, until: holds.hold.until ?? "" });
+    log.info("holding", { bin: a.name, target: short(a.target.sha256), version: a.target.version || undefined, failures: holds.hold.failures, until: holds.hold.until ?? "" });
   }
   if (hostProblem) log.info("not_held", { bin: a.name, target: short(a.target.sha256), reason: "a problem of this host, not of the release: the next pass tries again" });
   if (result.undo.kind === "inconsistent" && a.record) {
@@ -537,7 +537,7 @@ async function adopt(a: Attempt): Promise<Outcome> {
 
 function hooks(a: Attempt) {
   return {
-    onFailure: (step: string, error: unknown) => a.ctx.log.error("update_failed", { bin: a.name, phase: step, target: short(a.target.sha256), error: errorText(error) }),
+    onFailure: (step: string, error: unknown) => a.ctx.log.error("update_failed", { bin: a.name, phase: step, target: short(a.target.sha256), version: a.target.version || undefined, error: errorText(error) }),
     onUndoError: (step: string, error: unknown) => a.ctx.log.error("undo_failed", { bin: a.name, phase: step, error: errorText(error) }),
   };
 }

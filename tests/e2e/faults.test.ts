@@ -277,6 +277,13 @@ describe("a hostile or broken API", () => {
     await faultCase((w) => override(w, json({ code: 0, data: { sha256: "a".repeat(64) } }, 503)), appFails(/bin=app\d+ event=target_unavailable .*HTTP 503/));
   });
 
+  test("a non-2xx status keeps the API's own message (an unknown binary, say)", async () => {
+    await faultCase(
+      (w) => override(w, json({ code: 404, message: `binary app not published for node ${TOKEN}`, data: null }, 404)),
+      appFails(/bin=app\d+ event=target_unavailable .*HTTP 404: binary app not published for node \[redacted\]/),
+    );
+  });
+
   test("a sha256 that is not 64 hex digits never reaches a path", async () => {
     const bad: unknown[] = ["../../../outside/victim", `${"a".repeat(60)}/../`, "", "a".repeat(63), "a".repeat(65), `${"g".repeat(64)}`, 42, null];
     for (const sha256 of bad) {

@@ -278,7 +278,7 @@ describe("rollback and retry", () => {
       ["in_progress", "success"].map((status) => ({ nodeName: "test-node", binName: "app", targetHash: v1.sha256, processingTime: expect.any(Number), status })),
     );
     expect(bodies(`${API}/bins/app`)).toEqual([{ nodeName: "test-node", binName: "app", sha256: v1.sha256, version: short(v1.sha256) }]);
-    expect(appHost.log()).toMatch(new RegExp(`level=info bin=app event=reverted from=${short(v2.sha256)} to=${short(v1.sha256)} held=${short(v2.sha256)} took_ms=\\d+\\n`));
+    expect(appHost.log()).toMatch(new RegExp(`level=info bin=app event=reverted from=${short(v2.sha256)} to=${short(v1.sha256)} version=${short(v1.sha256)} held=${short(v2.sha256)} took_ms=\\d+ pid=\\d+\\n`));
   });
 
   test("the next pass does not re-upgrade: the version rolled back from is held; status shows it, exit 0", async () => {
@@ -328,7 +328,7 @@ describe("rollback and retry", () => {
     expect(r.stdout).toBe(`app: hold on ${short(v2.sha256)} cleared; the next pass tries the API's target again\n`);
     expect(entryOf().hold).toBeUndefined();
     expect(bm.requests).toEqual([]);
-    expect(appHost.log()).toMatch(new RegExp(`level=info bin=app event=hold_cleared version=${short(v2.sha256)} failures=0\\n`));
+    expect(appHost.log()).toMatch(new RegExp(`level=info bin=app event=hold_cleared version=${short(v2.sha256)} failures=0 pid=\\d+\\n`));
 
     expect((await run(appHost, [])).code).toBe(0);
     expect(downloads()).toBe(1);

@@ -932,7 +932,7 @@ describe("manifest and settings", () => {
     expect(updated).toHaveLength(1);
     // The shape of SPEC §8's example, field for field.
     expect(updated[0]!.line).toMatch(
-      new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z level=info bin=vb event=updated from=${short(v1.sha256)} to=${short(v2.sha256)} took_ms=\\d+$`),
+      new RegExp(`^\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z level=info bin=vb event=updated from=${short(v1.sha256)} to=${short(v2.sha256)} version=${short(v2.sha256)} took_ms=\\d+ pid=\\d+$`),
     );
     const times = parseLog(r.stderr).map((l) => Date.parse(l.time));
     expect(times.every((t, i) => !Number.isNaN(t) && (i === 0 || t >= times[i - 1]!))).toBe(true);
