@@ -8,6 +8,8 @@ export const DEFAULT_LOG_FILE = "/var/log/bin-proxy.log";
 
 export interface Settings {
   api: string;
+  /** BIN_MANAGER_API was set somewhere: false means the default localhost API, which an unconfigured host does not have. */
+  apiConfigured: boolean;
   binDir: string;
   manifest: string;
   logFile: string;
@@ -315,6 +317,7 @@ export function resolveSettings(raw: (key: Key) => string | undefined): Settings
   if (!/^[\x21-\x7e]{1,253}$/.test(nodeName)) throw new ConfigError(`NODE_NAME must be 1-253 printable characters without spaces, got ${JSON.stringify(nodeName)}`, "NODE_NAME");
   return {
     api,
+    apiConfigured: Boolean(raw("BIN_MANAGER_API")),
     binDir: absolutePath("BIN_DIR", raw("BIN_DIR") || "/usr/local/bin"),
     manifest: absolutePath("BIN_MANIFESTS", raw("BIN_MANIFESTS") || "/etc/bin-proxy/bin-manifests.json"),
     logFile: absolutePath("LOG_FILE", raw("LOG_FILE") || DEFAULT_LOG_FILE),

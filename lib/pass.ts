@@ -1,7 +1,7 @@
 // Owns one pass: node info and keepalive, then every manifest entry in order, and the pass's exit status.
 import { mkdirSync } from "node:fs";
 import { BinManagerClient } from "./api.ts";
-import { ConfigError, type Settings } from "./config.ts";
+import { ConfigError, DEFAULT_CONFIG_FILE, type Settings } from "./config.ts";
 import { sweepOrphanTemps, sweepOrphanTempsUnder } from "./fsx.ts";
 import { HashCache, hashCachePath } from "./hash.ts";
 import { prepareLockDir } from "./lock.ts";
@@ -154,6 +154,8 @@ async function keepalive(ctx: PassContext, manifest: Manifest, dryRun: boolean):
     const status = await api.keepaliveStatus(settings.nodeName);
     if ((status !== "active" || changed) && !dryRun) await api.postKeepalive(info);
   } catch (err) {
-    log.warn("keepalive_failed", { error: errorText(err) });
+    // A host nobody pointed at a bin-manager is not "up to date": it is not configured, and says so.
+    if (!settings.apiConfigured) log.error("not_configured", { error: `BIN_MANAGER_API is not set (environment or config file) and the default ${settings.api} does not answer: ${errorText(err)}; set BIN_MANAGER_API in ${DEFAULT_CONFIG_FILE}` });
+    else log.warn("keepalive_failed", { error: errorText(err) });
   }
 }

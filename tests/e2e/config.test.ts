@@ -265,8 +265,8 @@ describe("config file mistakes", () => {
     expect(readFileSync(join(h.binDir, "typo"))).toEqual(Buffer.from(v2.bytes));
     const warnings = h.log().split("\n").filter((l) => l.includes("event=config_warning"));
     expect(warnings).toHaveLength(2);
-    expect(warnings[0]).toMatch(new RegExp(` level=warn event=config_warning file=${configFile} line=2 warning="BIN_MANGER_API is not a bin-proxy setting and is ignored: did you mean BIN_MANAGER_API\\?"$`));
-    expect(warnings[1]).toMatch(new RegExp(` level=warn event=config_warning file=${configFile} line=3 warning=".*spaces around.*HTTP_TIMEOUT=value"$`));
+    expect(warnings[0]).toMatch(new RegExp(` level=warn event=config_warning file=${configFile} line=2 warning="BIN_MANGER_API is not a bin-proxy setting and is ignored: did you mean BIN_MANAGER_API\\?" pid=\\d+$`));
+    expect(warnings[1]).toMatch(new RegExp(` level=warn event=config_warning file=${configFile} line=3 warning=".*spaces around.*HTTP_TIMEOUT=value" pid=\\d+$`));
     // --verbose (or a terminal) says it on stderr too; status, which logs nothing, always does.
     const verbose = await runBinProxy(["-v"], env);
     expect(verbose.code).toBe(0);
@@ -317,6 +317,25 @@ describe("config file mistakes", () => {
     expect(r.stderr).toContain("not valid JSON at line 3, column 24");
     expect(h.log()).toMatch(/event=manifest_invalid .*not valid JSON at line 3, column 24/);
     expect(readFileSync(h.manifest, "utf8")).toBe(text);
+  });
+});
+
+describe("an unconfigured host", () => {
+  test("no BIN_MANAGER_API anywhere and the default localhost API refusing: an error of the pass (exit 1), saying what to set", async () => {
+    const host = newHost();
+    host.writeManifest([]);
+    // A port nothing listens on stands for the default http://localhost:8080 (which may be taken here).
+    const { BIN_MANAGER_API: _api, ...env } = host.env(bm.api);
+    const unset = await runBinProxy([], env);
+    // The default URL itself is what an unconfigured host uses: nothing listens there in the tests' world, or it is not a bin-manager.
+    expect(unset.code).toBe(1);
+    expect(unset.stderr).toMatch(/level=error event=not_configured error="BIN_MANAGER_API is not set \(environment or config file\) and the default http:\/\/localhost:8080\/api\/v1 does not answer: .*; set BIN_MANAGER_API in \/etc\/bin-proxy\/config"/);
+    expect(host.log()).toContain("event=not_configured");
+
+    // The same refusing API, configured on purpose: a keepalive failure is a warning and stops nothing.
+    const configured = await runBinProxy([], { ...env, BIN_MANAGER_API: "http://127.0.0.1:9/api/v1" });
+    expect(configured).toMatchObject({ code: 0, stdout: "", stderr: "" });
+    expect(host.log()).toContain("event=keepalive_failed");
   });
 });
 
