@@ -4,6 +4,7 @@ import { appendFileSync, closeSync, existsSync, openSync, readdirSync, rmSync, s
 import { join } from "node:path";
 import { artifact, startBinManager, status, type Artifact, type BinManager, type RangeSupport } from "../fixture/bin-manager.ts";
 import { hostPool, runBinProxy, type Host } from "../fixture/host.ts";
+import { startNginx } from "../fixture/nginx.ts";
 import { events, expectDone, expectWhole, killPass, startPass, until } from "./invariants.ts";
 
 const API = "/api/v1";
@@ -198,6 +199,41 @@ describe("a download cut short continues where it stopped", () => {
     expect(await pass(w)).toEqual(clean);
     expect(downloads(w)).toEqual([]);
     expectDone(w.host, w.name, w.v1, BIG);
+  }, 60_000);
+});
+
+describe("through a real cluster cache (nginx proxy_cache)", () => {
+  test("a partial cut at the origin is resumed through the cache: on its miss and on its hit", async () => {
+    const nginx = await startNginx({ upstream: bm.origin });
+    const viaCache = { DOWNLOAD_BASE_URL: `${nginx.url}${API}/download` };
+    try {
+      // A miss: nginx fetches the whole file from the origin once, and answers the Range from it.
+      const miss = world("viamiss");
+      await cutPass(miss);
+      expect(await pass(miss, viaCache)).toEqual(clean);
+      expect(nginx.cacheLog()).toEqual([`MISS ${miss.primary}?sha256=${BIG.sha256}`]);
+      expect(bm.served(miss.primary)).toBe(SIZE);
+      expect(events(miss.host, "download_attempt_failed")).toEqual([]);
+      expectDone(miss.host, miss.name, miss.v1, BIG);
+
+      // A hit: another host's download filled the cache; the origin is not asked at all.
+      const hit = world("viahit");
+      await cutPass(hit);
+      await (await fetch(`${nginx.url}${hit.primary}?sha256=${BIG.sha256}`)).arrayBuffer();
+      bm.setPrimary(hit.name, status(500));
+      bm.clearRequests();
+      try {
+        expect(await pass(hit, viaCache)).toEqual(clean);
+      } finally {
+        bm.setPrimary(hit.name, null);
+      }
+      expect(nginx.cacheLog().at(-1)).toBe(`HIT ${hit.primary}?sha256=${BIG.sha256}`);
+      expect(downloads(hit)).toEqual([]);
+      expect(events(hit.host, "download_attempt_failed")).toEqual([]);
+      expectDone(hit.host, hit.name, hit.v1, BIG);
+    } finally {
+      await nginx.stop();
+    }
   }, 60_000);
 });
 
