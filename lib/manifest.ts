@@ -21,6 +21,8 @@ export interface Entry {
   previousVersion: Sha256 | null;
   port: number;
   hold: Hold | null;
+  /** The API's name of `version` (its release name), when bin-proxy installed it; absent when not known. */
+  versionName?: string;
   /** Earlier holds still in force on other versions (a rollback keeps the hold on a broken target); absent when none. */
   otherHolds?: Hold[];
 }
@@ -114,6 +116,7 @@ export function parseManifest(text: string): Manifest {
       port,
       hold: parseHold(raw.hold, where),
     };
+    if (typeof raw.versionName === "string" && raw.versionName !== "") entry.versionName = raw.versionName.slice(0, 200);
     if (raw.otherHolds !== undefined) {
       if (!Array.isArray(raw.otherHolds)) throw new ManifestError(`${where}: otherHolds must be an array of holds`);
       entry.otherHolds = raw.otherHolds.map((h, i) => parseHold(h, `${where}.otherHolds[${i}]`)).filter((h): h is Hold => h !== null);
@@ -148,7 +151,7 @@ export function readManifestOrLog(path: string, log: Logger): Manifest | null {
 
 /** A change to the manifest: fields set on one entry (undefined removes a field), or new node info. */
 export type ManifestEdit =
-  | { binaryName: string; fields: { version?: Sha256 | null; previousVersion?: Sha256 | null; hold?: Hold | null; otherHolds?: Hold[] | null } }
+  | { binaryName: string; fields: { version?: Sha256 | null; previousVersion?: Sha256 | null; hold?: Hold | null; otherHolds?: Hold[] | null; versionName?: string | null } }
   | { nodeInfo: NodeInfo };
 
 function applyEdit(doc: Json, edit: ManifestEdit): void {
@@ -159,7 +162,7 @@ function applyEdit(doc: Json, edit: ManifestEdit): void {
   const entry = (doc.binaries as Json[]).find((e) => e.binaryName === edit.binaryName);
   if (!entry) return; // removed from the manifest while we worked: nothing to record
   for (const [key, value] of Object.entries(edit.fields)) {
-    if (key === "hold" || key === "otherHolds") {
+    if (key === "hold" || key === "otherHolds" || key === "versionName") {
       if (value) entry[key] = value;
       else delete entry[key];
     } else {

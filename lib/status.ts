@@ -24,6 +24,8 @@ export interface BinaryStatus {
   onDisk: Sha256 | null;
   diskError: string | null;
   version: Sha256 | null;
+  /** The API's release name of version, when bin-proxy installed it; null: not known. */
+  versionName: string | null;
   previousVersion: Sha256 | null;
   /** supervisorctl's state word; null when not asked (no service, bin-proxy itself, or SUPERVISORCTL empty); "UNKNOWN" when it did not say. */
   supervisor: string | null;
@@ -108,6 +110,7 @@ async function collect(settings: Settings, entries: Entry[], now: Date): Promise
       onDisk,
       diskError,
       version: entry.version,
+      versionName: entry.versionName ?? null,
       previousVersion: entry.previousVersion,
       supervisor: supervised(entry) ? (parseState(states, entry.serviceName) ?? "UNKNOWN") : null,
       locks: listVersionLocks(settings.lockDir, entry.binaryName).map((l) => ({ ...l, stale: l.ageSec >= settings.lockTimeoutSec })),
@@ -173,7 +176,7 @@ export function cells(b: BinaryStatus): string[] {
     const when = b.hold.active ? describeHold(b.hold) : `expired ${b.hold.until}`;
     hold = `${short(b.hold.version)} ${when}${b.hold.failures > 0 ? ` (${b.hold.failures} failure${b.hold.failures === 1 ? "" : "s"})` : ""}`;
   }
-  return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold];
+  return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version) + (b.versionName ? ` (${b.versionName})` : ""), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold];
 }
 
 /** The table, columns aligned, then one line per binary that needs attention and per rejected entry. */

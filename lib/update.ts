@@ -369,7 +369,7 @@ const report: Step<Attempt, Stop> = {
     const previous = a.record?.replaced ?? a.onDisk;
     writePendingReport(settings.stateDir, a.name, { sha256: a.target.sha256, version: a.target.version });
     const holds = a.source.kind === "backup" ? rollbackHolds(a) : { hold: null, otherHolds: null };
-    recordManifest(a, { version: a.target.sha256, previousVersion: previous, ...holds });
+    recordManifest(a, { version: a.target.sha256, versionName: releaseName(a.target), previousVersion: previous, ...holds });
     removeAttempt(settings.stateDir, a.name);
     pruneBackups(settings.stateDir, a.name, [previous]);
     log.info(a.source.kind === "backup" ? "reverted" : "updated", {
@@ -527,7 +527,7 @@ async function failed(a: Attempt, result: Extract<StepsResult<Stop>, { ok: false
 async function adopt(a: Attempt): Promise<Outcome> {
   const { settings, log } = a.ctx;
   writePendingReport(settings.stateDir, a.name, { sha256: a.target.sha256, version: a.target.version });
-  recordManifest(a, { version: a.target.sha256 });
+  recordManifest(a, { version: a.target.sha256, versionName: releaseName(a.target) });
   log.info("adopted", { bin: a.name, version: short(a.target.sha256) });
   await sendReport(a.ctx, a.name);
   return { kind: "adopted" };
@@ -541,6 +541,9 @@ function hooks(a: Attempt) {
     onUndoError: (step: string, error: unknown) => a.ctx.log.error("undo_failed", { bin: a.name, phase: step, error: errorText(error) }),
   };
 }
+
+/** The API's release name of target, for the manifest and status; null when it has none but the short hash. */
+const releaseName = (target: Target) => (target.version && target.version !== short(target.sha256) ? target.version : null);
 
 const downloadedBytes = (a: Attempt) => (a.source.kind === "download" ? (a.staged?.bytes ?? 0) : 0);
 

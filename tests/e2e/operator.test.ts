@@ -183,7 +183,7 @@ describe("status", () => {
     expect(snapshot(statusHost)).toEqual(before);
     const bin = statusHost.binDir;
     const row = (name: string, fields: object) => ({
-      name, service: "", path: join(bin, name), onDisk: null, diskError: null, version: null, previousVersion: null,
+      name, service: "", path: join(bin, name), onDisk: null, diskError: null, version: null, versionName: null, previousVersion: null,
       supervisor: null, locks: [], hold: null, attempt: null, signedAt: null, partial: null, attention: null, ...fields,
     });
     const report = JSON.parse(r.stdout);

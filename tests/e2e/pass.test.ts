@@ -596,6 +596,11 @@ describe("wire format (SPEC §5)", () => {
     }
     expect(host.readManifest().nodeInfo).toEqual(nodeInfo);
     expect(host.log()).not.toContain(token);
+    // The API's release name is kept beside the hash, for log lines and status.
+    expect(host.readManifest().binaries[0]!.versionName).toBe("v2.4.6");
+    expect(host.log()).toMatch(/ event=updated from=\S+ to=\S+ version=v2.4.6 /);
+    const status = await runBinProxy(["status"], host.env(bm.api, env));
+    expect(status.stdout.split("\n")[1]!.split(/ {2,}/)[3]).toBe(`${short(v2.sha256)} (v2.4.6)`);
 
     // Known and unchanged: no POST keepalive. Node info changed (a new bin-proxy version, say): POST again.
     bm.clearRequests();

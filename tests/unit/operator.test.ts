@@ -11,7 +11,7 @@ const A = "a".repeat(64) as Sha256;
 const B = "b".repeat(64) as Sha256;
 const entry = (over: Partial<Entry> = {}): Entry => ({ binaryName: "app", serviceName: "app", version: B, previousVersion: A, port: 0, hold: null, ...over });
 const row = (over: Partial<BinaryStatus> = {}): BinaryStatus => ({
-  name: "app", service: "app", path: "/usr/local/bin/app", onDisk: B, diskError: null, version: B, previousVersion: A,
+  name: "app", service: "app", path: "/usr/local/bin/app", onDisk: B, diskError: null, version: B, versionName: null, previousVersion: A,
   supervisor: "RUNNING", locks: [], hold: null, attempt: null, signedAt: null, partial: null, attention: null, ...over,
 });
 
