@@ -1,7 +1,7 @@
 // Owns the update journal (SPEC §12): the record of each binary's uncommitted attempt and of its unacknowledged report, and what a later pass does with them (pure).
 import { readFileSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
-import { ensureDirectory, removeIfPresent, writeFileAtomic } from "./fsx.ts";
+import { ensureDirectory, removeIfPresent, sweepOrphanTempsUnder, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 
 /**
@@ -62,8 +62,6 @@ export function reportDue(pending: PendingReport | null, recorded: Sha256 | null
 }
 
 const journalDir = (stateDir: string) => join(stateDir, "journal");
-const attemptPath = (stateDir: string, name: string) => join(journalDir(stateDir), `${name}.attempt.json`);
-const reportPath = (stateDir: string, name: string) => join(journalDir(stateDir), `${name}.report.json`);
 
 type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
@@ -117,6 +115,8 @@ function writeJson(stateDir: string, path: string, value: object): void {
 /** Removes a journal file, and the journal directory once it is empty (a committed host keeps no trace). */
 function removeJson(stateDir: string, path: string): void {
   removeIfPresent(path);
+  // The temp file of a record a killed pass was writing would keep the directory forever.
+  sweepOrphanTempsUnder(journalDir(stateDir));
   try {
     rmdirSync(journalDir(stateDir));
   } catch {
@@ -124,26 +124,15 @@ function removeJson(stateDir: string, path: string): void {
   }
 }
 
-export function readAttempt(stateDir: string, name: string): AttemptRecord | null {
-  return readJson(attemptPath(stateDir, name), parseAttempt);
+/** One kind of journal file, one per binary: `<stateDir>/journal/<name>.<kind>.json`, validated where it is read. */
+function journalFile<T extends object>(kind: string, parse: (v: unknown) => T | null) {
+  const path = (stateDir: string, name: string) => join(journalDir(stateDir), `${name}.${kind}.json`);
+  return {
+    read: (stateDir: string, name: string): T | null => readJson(path(stateDir, name), parse),
+    write: (stateDir: string, name: string, value: T): void => writeJson(stateDir, path(stateDir, name), value),
+    remove: (stateDir: string, name: string): void => removeJson(stateDir, path(stateDir, name)),
+  };
 }
 
-export function writeAttempt(stateDir: string, name: string, record: AttemptRecord): void {
-  writeJson(stateDir, attemptPath(stateDir, name), record);
-}
-
-export function removeAttempt(stateDir: string, name: string): void {
-  removeJson(stateDir, attemptPath(stateDir, name));
-}
-
-export function readPendingReport(stateDir: string, name: string): PendingReport | null {
-  return readJson(reportPath(stateDir, name), parsePendingReport);
-}
-
-export function writePendingReport(stateDir: string, name: string, report: PendingReport): void {
-  writeJson(stateDir, reportPath(stateDir, name), report);
-}
-
-export function removePendingReport(stateDir: string, name: string): void {
-  removeJson(stateDir, reportPath(stateDir, name));
-}
+export const { read: readAttempt, write: writeAttempt, remove: removeAttempt } = journalFile("attempt", parseAttempt);
+export const { read: readPendingReport, write: writePendingReport, remove: removePendingReport } = journalFile("report", parsePendingReport);
