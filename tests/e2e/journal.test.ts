@@ -2,7 +2,7 @@
 // rollback keeps the holds it did not decide, a service manager that does not answer fails the host (not the release), a pass that
 // dies after its swap is resumed and counted until the second death rolls back and holds, and every installed version reaches the API.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { artifact, startBinManager, stallHeaders, status, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
@@ -44,6 +44,9 @@ const looped = site("looped");
 const killer = site("killer");
 const reported = site("reported", { service: false });
 const cut = site("cut", { service: false });
+/** Its serviceName names a program the shared supervisord does not have. */
+const stray = site("stray");
+const trace = site("trace", { service: false });
 
 /** The program of a site; startsecs=2 makes `supervisorctl restart` block long enough to kill the pass in it. */
 const program = (s: Site, startsecs = 1): Program => ({ name: s.name, command: s.path, startsecs });
@@ -58,7 +61,7 @@ beforeAll(async () => {
   bm = await startBinManager();
   sup = await supervisor([program(rb), program(hidden), program(quiet), program(looped, 2), program(killer)]);
   // One pass on v1 records the node info, so later passes write the manifest only to record an update.
-  for (const s of [rb, down, hidden, quiet, looped, killer, reported, cut]) {
+  for (const s of [rb, down, hidden, quiet, looped, killer, reported, cut, stray, trace]) {
     bm.setTarget(s.name, s.v1);
     expect(await runBinProxy([], s.host.env(bm.api))).toEqual({ code: 0, stdout: "", stderr: "" });
   }
@@ -262,9 +265,47 @@ describe("a service manager that does not answer fails the host's update, not th
     expect(await sup.pid(quiet.name)).toBe(pidBefore);
     expect(events(quiet.host, "updated").map((e) => e.not_restarted)).toEqual([`SUPERVISORCTL is empty: ${quiet.name} still runs the old binary until it is restarted`]);
   }, 60_000);
+
+  test("a program supervisord does not know: exit 1 naming the section to add, nothing swapped, not held", async () => {
+    bm.setTarget(stray.name, artifact(serviceScript({ tag: "stray-v2" })));
+    bm.clearRequests();
+    const files = filesNow(stray);
+    expectHostFailure(stray, await pass(stray), /^supervisord has no program stray: add a \[program:stray\] section, or fix serviceName in the manifest/, files);
+  }, 60_000);
 });
 
 describe("a pass that dies after its swap is resumed and counted; the second death rolls back and holds", () => {
+  test("killed in the restart: rollback refuses while the attempt is open; the next pass finishes it and reports it once", async () => {
+    // quiet is at v2 (updated without a restart above), with v1 kept as its previous version.
+    const v2 = artifact(serviceScript({ tag: "quiet-v2" }));
+    const v3 = artifact(serviceScript({ tag: "quiet-v3" }));
+    bm.setTarget(quiet.name, v3);
+    bm.clearRequests();
+    const servicePid = await sup.pid(quiet.name);
+    const p = startPass(quiet.host, bm.api, { SUPERVISORCTL: sup.ctl });
+    await whileRunning(p, async () => !processAlive(servicePid) && (await sup.status(quiet.name)) === "STARTING", "the restart");
+    expect((await killGroup(p)).code).toBe(137);
+    expect(expectWhole(quiet.host, quiet.name, [v2, v3])).toEqual({ onDisk: v3.sha256, recorded: v2.sha256 });
+
+    const manifestBefore = readFileSync(quiet.host.manifest, "utf8");
+    const refused = await pass(quiet, {}, ["rollback", quiet.name]);
+    expect(refused.code, context(quiet, refused)).toBe(1);
+    expect(events(quiet.host, "rollback_refused").map((e) => e.reason)).toEqual([
+      `the update to ${short(v3)} started ${attemptRecord(quiet).startedAt} is uncommitted; run a pass first (it finishes it, or rolls it back after its second death)`,
+    ]);
+    expect(readFileSync(quiet.path)).toEqual(Buffer.from(v3.bytes));
+    expect(readFileSync(quiet.host.manifest, "utf8")).toBe(manifestBefore);
+
+    await sup.waitFor(quiet.name, ["RUNNING"]);
+    const r = await pass(quiet);
+    expect(r, context(quiet, r)).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(events(quiet.host, "attempt_resumed").map((e) => [e.deaths, e.next])).toEqual([["1", "finish"]]);
+    expectDone(quiet.host, quiet.name, v2, v3);
+    expect(await sup.status(quiet.name)).toBe("RUNNING");
+    expect(downloads(quiet)).toBe(1);
+    expect(reports(quiet)).toEqual([reportOf(quiet, v3)]);
+  }, 60_000);
+
   test("killed twice while supervisor restarts the same target: the third pass rolls back to v1 and holds v2; the fourth is held", async () => {
     const v2 = artifact(serviceScript({ tag: "looped-v2" }));
     bm.setTarget(looped.name, v2);
@@ -416,5 +457,20 @@ describe("every installed version reaches the API, once acknowledged", () => {
     expect(await pass(cut)).toEqual({ code: 0, stdout: "", stderr: "" });
     expect(reports(cut)).toEqual([]);
     expectDone(cut.host, cut.name, cut.v1, v2);
+  }, 60_000);
+});
+
+describe("a committed host keeps no trace of the journal", () => {
+  test("a journal record's temp file a killed pass left goes, and the journal directory with it, at the next update", async () => {
+    const gone = Bun.spawn(["true"]);
+    await gone.exited;
+    const planted = join(journalDir(trace), `.${trace.name}.attempt.json.${gone.pid}.tmp`);
+    mkdirSync(journalDir(trace), { recursive: true });
+    writeFileSync(planted, '{"target":"');
+    const v2 = artifact(serviceScript({ tag: "trace-v2" }));
+    bm.setTarget(trace.name, v2);
+    expect(await pass(trace)).toEqual({ code: 0, stdout: "", stderr: "" });
+    expectDone(trace.host, trace.name, trace.v1, v2);
+    expect(existsSync(journalDir(trace))).toBe(false);
   }, 60_000);
 });
