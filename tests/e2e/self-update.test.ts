@@ -3,9 +3,8 @@ import { afterAll, beforeAll, beforeEach, expect, test } from "bun:test";
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { compile, nativeTarget, RELEASE_FLAGS } from "../../scripts/build.ts";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
-import { BIN_PROXY, makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
+import { selfUpdateBuilds, makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 import { startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 
 const NAME = "bin-proxy";
@@ -27,12 +26,7 @@ const sha256Of = (path: string) => new Bun.CryptoHasher("sha256").update(readFil
 
 beforeAll(async () => {
   scratch = mkdtempSync(join(tmpdir(), "bin-proxy-self-update-test-"));
-  const nextPath = join(scratch, "next-bin-proxy");
-  await compile(nextPath, nativeTarget(), RELEASE_FLAGS, { commit: NEXT_COMMIT });
-  next = artifact(readFileSync(nextPath));
-  currentPath = join(scratch, "current-bin-proxy");
-  copyFileSync(BIN_PROXY, currentPath);
-  current = artifact(readFileSync(currentPath));
+  ({ next, current, currentPath } = await selfUpdateBuilds(scratch, NEXT_COMMIT));
   bm = await startBinManager();
   // A supervised program also called bin-proxy: restarting it would show as a new pid.
   const service = join(scratch, "service");

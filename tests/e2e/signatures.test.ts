@@ -3,9 +3,8 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { compile, nativeTarget, RELEASE_FLAGS } from "../../scripts/build.ts";
 import { API_PREFIX, artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
-import { BIN_PROXY, hostPool, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
+import { selfUpdateBuilds, hostPool, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 import { makeKeyPair, publishSigned, requireMinisign, sign, timestampComment, writeTrustedKeys, type ChecksumOptions, type KeyPair, type SignOptions } from "../fixture/minisign.ts";
 import { events, MANIFEST_LOCK, sha256 } from "./invariants.ts";
 
@@ -405,13 +404,7 @@ describe("self-update follows the same rules", () => {
   let next: Artifact;
 
   beforeAll(async () => {
-    const nextPath = join(scratch, "next-bin-proxy");
-    await compile(nextPath, nativeTarget(), RELEASE_FLAGS, { commit: NEXT_COMMIT });
-    next = artifact(readFileSync(nextPath));
-    // dist/bin-proxy as it is now: a rebuild meanwhile does not change what these tests run.
-    currentPath = join(scratch, "current-bin-proxy");
-    copyFileSync(BIN_PROXY, currentPath);
-    current = artifact(readFileSync(currentPath));
+    ({ next, current, currentPath } = await selfUpdateBuilds(scratch, NEXT_COMMIT));
   }, 300_000);
 
   /** A host whose bin-proxy, installed in a directory of its own, manages itself. */
