@@ -32,8 +32,9 @@ async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     const code = fatal(`configuration error: ${err.message}`, EXIT_CONFIG, err.logFile);
-    // "Broken config" is visible as such on a dashboard, not as a host that stopped reporting.
-    const problem = recordConfigErrorMetrics(err.metricsFile, err.stateDir, startedAt);
+    // "Broken config" is visible as such on a dashboard, not as a host that stopped reporting; status and --dry-run write nothing, even then.
+    const readOnly = command.kind === "status" || (command.kind === "pass" && command.dryRun);
+    const problem = readOnly ? null : recordConfigErrorMetrics(err.metricsFile, err.stateDir, startedAt);
     if (problem) process.stderr.write(redact(`bin-proxy: metrics not written: ${problem}`, secrets) + "\n");
     return code;
   }
