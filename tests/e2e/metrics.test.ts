@@ -174,14 +174,18 @@ async function scraped(): Promise<Sample[]> {
   return samples.filter((s) => s.name.startsWith("bin_proxy_"));
 }
 
+/** app's metrics file and metrics state as they are now (content, mtime, what is beside them), to show that a run wrote neither. */
+function metricsWritten(): unknown[] {
+  const state = join(app.stateDir, "metrics-state.json");
+  return [readFileSync(appMetrics(), "utf8"), statSync(appMetrics()).mtimeMs, readdirSync(textfileDir), readFileSync(state, "utf8"), statSync(state).mtimeMs, readdirSync(app.stateDir).sort()];
+}
+
 /**
  * `status` and `status --json` on app now: the table's last line and the JSON's lastPass are the file's last pass, the JSON
  * validates against the schema, and neither writes anything (the metrics file and its state are unchanged). Returns the JSON.
  */
 async function expectStatus(m: Metrics, code: number): Promise<{ binaries: Record<string, unknown>[]; lastPass: unknown; signaturesRequired: boolean }> {
-  const state = join(app.stateDir, "metrics-state.json");
-  const written = () => [readFileSync(appMetrics(), "utf8"), statSync(appMetrics()).mtimeMs, readFileSync(state, "utf8"), statSync(state).mtimeMs, readdirSync(app.stateDir).sort()];
-  const before = written();
+  const before = metricsWritten();
   const table = await run(["status"]);
   expect(table.code, context(table)).toBe(code);
   const last = lastPassOf(m);
@@ -192,7 +196,7 @@ async function expectStatus(m: Metrics, code: number): Promise<{ binaries: Recor
   expect(validate(STATUS_SCHEMA, doc)).toEqual([]);
   expect(doc.lastPass).toEqual(last);
   expect(doc.signaturesRequired).toBe(false);
-  expect(written()).toEqual(before);
+  expect(metricsWritten()).toEqual(before);
   return doc;
 }
 
@@ -246,6 +250,11 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
       expect(Number(line![1])).toBeLessThanOrEqual(msOf(valueOf(m, "bin_proxy_last_pass_duration_seconds")));
     }
     expect(binaryFacts(m, "app")).toEqual(binaryFacts(before, "app"));
+
+    const written = metricsWritten();
+    const dry = await run(["--dry-run"]);
+    expect(dry, context(dry)).toMatchObject({ code: 0, stdout: "app: up-to-date\n" });
+    expect(metricsWritten()).toEqual(written);
   }, 60_000);
 
   test("an update to v2: counted with its bytes, and node_exporter serves the file's series as they are", async () => {
@@ -339,6 +348,16 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(bySeries(series)).toEqual(bySeries(m.samples));
     expect(series.find((s) => s.name === "bin_proxy_config_ok")?.value).toBe(0);
     await expectStatus(m, 0);
+  }, 60_000);
+
+  test("status and --dry-run write nothing, even when the configuration is broken (they are no pass: exit 2, the file as it was)", async () => {
+    const written = metricsWritten();
+    for (const args of [["status"], ["status", "--json"], ["--dry-run"]]) {
+      const r = await run(args, appEnv({ LOCK_TIMEOUT: "abc" }));
+      expect(r.code, context(r)).toBe(2);
+      expect(r.stderr).toContain("LOCK_TIMEOUT");
+      expect(metricsWritten(), args.join(" ")).toEqual(written);
+    }
   }, 60_000);
 
   test("a configuration error in the config file, which also names the metrics file: written there all the same", async () => {
