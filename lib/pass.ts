@@ -93,8 +93,9 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
     ctx.cache.save();
   }
   const count = (kind: Outcome["kind"]) => results.filter((r) => r.outcome?.kind === kind).length;
-  // Only when nothing was logged: a pass that did something said so line by line already.
-  if (log.lineCount === 0) options.summary?.(
+  // Only when nothing was logged: a pass that did something said so line by line already. A dry run's
+  // verdicts are its lines on stdout; it updates nothing, so its counts would say "0 up to date".
+  if (log.lineCount === 0 && !options.dryRun) options.summary?.(
     `bin-proxy: pass done: ${manifest.entries.length} checked, ${count("up-to-date")} up to date, ${count("updated") + count("adopted")} updated, ` +
       `${count("held")} held, ${count("busy")} busy, ${count("failed")} failed, took_ms=${Date.now() - startedAt.getTime()}`,
   );
