@@ -1,10 +1,21 @@
-// Measures bin-proxy against the targets of its performance issue, each as a ratio to a baseline run on the same machine in the same run.
+// Measures bin-proxy against the targets of its performance issues, each as a ratio to a baseline run on the same machine in the same run.
+//
+//   bun scripts/bench.ts [--runs N]     one host: no-op passes, large, signed and resumed updates, start-up
+//   bun scripts/bench.ts --fleet        50 hosts behind one nginx cache: what a release costs the origin
+//
+// Downloads come from a real nginx (sendfile, as in production) serving a directory at the API's
+// download paths; the fake bin-manager answers only the JSON API. Each mode writes its part of
+// bench/latest.json and keeps the other's.
 import { randomBytes } from "node:crypto";
 import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { availableParallelism, release, tmpdir } from "node:os";
 import { join } from "node:path";
-import { startBinManager, type Artifact, type BinManager } from "../tests/fixture/bin-manager.ts";
-import { makeHost, type Host } from "../tests/fixture/host.ts";
+import { startBinManager, type Artifact } from "../tests/fixture/bin-manager.ts";
+import { startDaemon } from "../tests/fixture/daemon.ts";
+import { freePort, makeHost, runBinProxy, spawnBinProxy, type Host } from "../tests/fixture/host.ts";
+import { makeKeyPair, sign, writeTrustedKeys } from "../tests/fixture/minisign.ts";
+import { mountOver } from "../tests/fixture/mount.ts";
+import { startNginx } from "../tests/fixture/nginx.ts";
 import { writeAll } from "../lib/fsx.ts";
 import * as build from "./build.ts";
 
@@ -12,14 +23,26 @@ const root = join(import.meta.dir, "..");
 const TIME = "/usr/bin/time";
 const MiB = 1 << 20;
 const SMOL = "--compile-exec-argv=--smol";
+const DOWNLOADS = "/api/v1/download";
 
-/** Runs of each sub-second figure, and of each figure that reads a GiB or more (at most 3). */
-function parseRuns(argv: string[]): { runs: number; bigRuns: number } {
-  const i = argv.indexOf("--runs");
-  if (i < 0) return { runs: 10, bigRuns: 3 };
-  const n = Number(argv[i + 1]);
-  if (!Number.isInteger(n) || n < 1) throw new Error("usage: bun scripts/bench.ts [--runs N]");
-  return { runs: n, bigRuns: Math.min(n, 3) };
+interface Options {
+  /** Runs of each sub-second figure. */
+  runs: number;
+  /** Runs of each figure that moves a GiB or more, and rounds of the fleet (at most 3). */
+  bigRuns: number;
+  fleet: boolean;
+}
+
+function parseOptions(argv: string[]): Options {
+  const usage = "usage: bun scripts/bench.ts [--runs N] [--fleet]";
+  let runs = 10;
+  let fleet = false;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--fleet") fleet = true;
+    else if (argv[i] === "--runs" && Number.isInteger(Number(argv[i + 1])) && Number(argv[i + 1]) >= 1) runs = Number(argv[++i]);
+    else throw new Error(usage);
+  }
+  return { runs, bigRuns: Math.min(runs, 3), fleet };
 }
 
 /** One process, /usr/bin/time-style: wall and CPU in ms, peak RSS in KiB. */
@@ -78,6 +101,7 @@ const median = (xs: number[]): number => {
 /**
  * Runs a group of figures round-robin (A B C, A B C, …) rather than A A A, B B B: on a shared,
  * noisy machine a burst of load then slows every figure of the group alike, and the ratios hold.
+ * Figures of one round run in the order given, so one may prepare what the next measures.
  */
 async function rounds(figures: Figure[]): Promise<Map<string, Result>> {
   const samples = new Map<string, Sample[]>(figures.map((f) => [f.name, []]));
@@ -121,7 +145,7 @@ function randomFile(path: string, size: number): string {
   return hasher.digest("hex");
 }
 
-/** The API's answer for a binary whose bytes the benchmark serves itself (or never serves: a no-op). */
+/** The API's answer for a binary whose bytes nginx serves (or nobody serves: a no-op). */
 const served = (sha256: string): Artifact => ({ bytes: new Uint8Array(0), sha256 });
 
 async function flushDisk(): Promise<void> {
@@ -129,31 +153,216 @@ async function flushDisk(): Promise<void> {
   if ((await Bun.spawn(["sync"]).exited) !== 0) throw new Error("sync failed");
 }
 
-const { runs, bigRuns } = parseRuns(process.argv.slice(2));
-for (const tool of [TIME, "curl", "sha256sum", "sync", "dd"]) {
+/** Drops one file's pages from the page cache (posix_fadvise DONTNEED), so the next read comes from the disk. */
+async function evict(path: string): Promise<void> {
+  if ((await Bun.spawn(["dd", `if=${path}`, "iflag=nocache", "count=0", "status=none"]).exited) !== 0) throw new Error(`cannot evict ${path}`);
+}
+
+/** One line of nginx's access log: when the response ended (ms since the epoch), how long it took, what it sent. */
+interface Served {
+  endMs: number;
+  seconds: number;
+  status: number;
+  bytes: number;
+  uri: string;
+}
+
+interface FileServer {
+  /** http://127.0.0.1:PORT; files of dir are at {url}/api/v1/download/NAME (any query ignored). */
+  url: string;
+  /** Every response so far, in the order nginx logged them. */
+  log(): Served[];
+  stop(): Promise<void>;
+}
+
+/**
+ * A real nginx serving the files of dir at the API's download paths with sendfile, as a
+ * production bin-manager's file server does; with api, every other path is passed to it (an
+ * origin that is the whole bin-manager). Started in the foreground with its own prefix, config,
+ * temp dirs and logs (tests/fixture/nginx.ts does the same for the cluster cache).
+ */
+async function startFileServer(dir: string, api?: string): Promise<FileServer> {
+  const nginx = Bun.which("nginx") ?? ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => existsSync(p));
+  if (!nginx) throw new Error("nginx not found: install Debian's nginx package (.ci/run does)");
+  const prefix = mkdtempSync(join(tmpdir(), "bin-proxy-bench-nginx-"));
+  for (const sub of ["temp", "logs"]) mkdirSync(join(prefix, sub));
+  const port = await freePort();
+  const accessLog = join(prefix, "logs", "access.log");
+  const errorLog = join(prefix, "logs", "error.log");
+  writeFileSync(
+    join(prefix, "nginx.conf"),
+    [
+      // As root, workers would run as nobody and could not read the private (0700) temp directories.
+      ...(process.getuid?.() === 0 ? ["user root;"] : []),
+      "daemon off;",
+      "worker_processes 2;",
+      `pid ${join(prefix, "nginx.pid")};`,
+      `error_log ${errorLog} warn;`,
+      "events { worker_connections 1024; }",
+      "http {",
+      "    default_type application/octet-stream;",
+      "    sendfile on;",
+      "    tcp_nopush on;",
+      "    log_format served '$msec $request_time $status $body_bytes_sent $request_uri';",
+      `    access_log ${accessLog} served;`,
+      ...["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map((kind) => `    ${kind}_temp_path ${join(prefix, "temp", kind)};`),
+      "    server {",
+      `        listen 127.0.0.1:${port};`,
+      `        location ${DOWNLOADS}/ { alias ${dir}/; }`,
+      ...(api ? [`        location / { proxy_pass ${api}; }`] : []),
+      "    }",
+      "}",
+    ].join("\n") + "\n",
+  );
+  const daemon = await startDaemon("nginx", [nginx, "-p", prefix, "-c", join(prefix, "nginx.conf"), "-e", errorLog], {
+    cwd: prefix,
+    host: "127.0.0.1",
+    port,
+    diagnostics: () => (existsSync(errorLog) ? readFileSync(errorLog, "utf8") : ""),
+  }).catch((err) => {
+    rmSync(prefix, { recursive: true, force: true });
+    throw err;
+  });
+  return {
+    url: `http://127.0.0.1:${port}`,
+    log: () =>
+      (existsSync(accessLog) ? readFileSync(accessLog, "utf8") : "")
+        .split("\n")
+        .filter((line) => line !== "")
+        .map((line) => {
+          const [end, seconds, status, bytes, uri] = line.split(" ");
+          return { endMs: Number(end) * 1000, seconds: Number(seconds), status: Number(status), bytes: Number(bytes), uri: uri ?? "" };
+        }),
+    async stop() {
+      await daemon.stop();
+      rmSync(prefix, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Responses to downloads of the file name itself (not its checksum file or signature), whatever the query. */
+const downloadsOf = (log: Served[], name: string): Served[] => log.filter((s) => s.uri.split("?")[0] === `${DOWNLOADS}/${name}`);
+
+/** Waits until nginx has logged count downloads of name (a response cut by a killed client is logged when nginx notices). */
+async function loggedDownloads(server: FileServer, name: string, count: number): Promise<Served[]> {
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const seen = downloadsOf(server.log(), name);
+    if (seen.length >= count) return seen;
+    if (Date.now() > deadline) throw new Error(`nginx logged ${seen.length} downloads of ${name}, not ${count}`);
+    await Bun.sleep(20);
+  }
+}
+
+/** The most responses in flight at once, from each one's end time and duration. */
+function peakConcurrency(responses: Served[]): number {
+  const edges = responses.flatMap((r) => [
+    { at: r.endMs - r.seconds * 1000, step: 1 },
+    { at: r.endMs, step: -1 },
+  ]);
+  edges.sort((a, b) => a.at - b.at || a.step - b.step);
+  let now = 0;
+  let peak = 0;
+  for (const e of edges) peak = Math.max(peak, (now += e.step));
+  return peak;
+}
+
+/** The release build and its twin with --smol toggled: compiled the way scripts/build.ts compiles a release. */
+function releaseBuild() {
+  const native = build.nativeTarget();
+  const target = build.RELEASE_ASSETS.find((a) => a.target === native || a.target.startsWith(`${native}-`))?.target ?? native;
+  const flags = [...build.RELEASE_FLAGS];
+  const twin = flags.includes(SMOL) ? flags.filter((f) => f !== SMOL) : [...flags, SMOL];
+  return { native, target, flags, twin, twinLabel: twin.includes(SMOL) ? "with --smol" : "without --smol" };
+}
+
+const mib = (bytes: number) => bytes / MiB;
+const fixed = (x: number, digits = 1) => x.toFixed(digits);
+const range = (xs: number[], show: (x: number) => string) => (xs.length > 1 ? `${show(Math.min(...xs))}–${show(Math.max(...xs))}` : show(xs[0]!));
+
+interface Target {
+  target: string;
+  value: number;
+  shown?: string;
+  limit: string;
+  met: boolean | null;
+}
+
+/** A target met or not from its limit ("≤ 1.3", "< 1", "= 21"); "—" marks a reference figure. */
+function judged(t: Omit<Target, "met">, all: number[] = [t.value]): Target {
+  const [op, bound] = t.limit.split(" ");
+  const b = Number(bound);
+  const met = op === "≤" ? t.value <= b : op === "<" ? t.value < b : op === "=" ? all.every((n) => n === b) : null;
+  return { ...t, met };
+}
+
+const targetRows = (targets: Target[]) => [
+  "| target | measured | limit | met |",
+  "|---|---:|---:|---|",
+  ...targets.map((t) => `| ${t.target} | ${t.shown ?? (t.value < 0.1 ? t.value.toFixed(4) : t.value.toFixed(2))} | ${t.limit} | ${t.met === null ? "" : t.met ? "yes" : "**no**"} |`),
+];
+
+function machine() {
+  const cpuinfo = readFileSync("/proc/cpuinfo", "utf8");
+  return {
+    cpu: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "unknown",
+    sha_ni: /^flags\s*:.*\bsha_ni\b/m.test(cpuinfo),
+    cores: availableParallelism(),
+    kernel: release(),
+    bun: Bun.version,
+    nginx: (Bun.spawnSync(["nginx", "-v"]).stderr.toString().trim().split("/")[1] ?? "unknown"),
+    // The other processes' load when the run started: figures from a shared machine are noisy.
+    loadAverage: readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" "),
+  };
+}
+
+/** Writes this mode's part of bench/latest.json, keeping the other mode's part of the previous run. */
+function writeResults(part: "host" | "fleet", doc: object): void {
+  mkdirSync(join(root, "bench"), { recursive: true });
+  const out = join(root, "bench", "latest.json");
+  let previous: Record<string, unknown> = {};
+  try {
+    previous = JSON.parse(readFileSync(out, "utf8")) as Record<string, unknown>;
+  } catch {
+    // first run, or a file of an older layout: nothing to keep
+  }
+  const kept = previous["host"] !== undefined || previous["fleet"] !== undefined ? previous : {};
+  writeFileSync(`${out}.tmp`, JSON.stringify({ ...kept, [part]: doc }, null, 2) + "\n");
+  renameSync(`${out}.tmp`, out);
+  progress(`wrote ${out} (${part})`);
+}
+
+const options = parseOptions(process.argv.slice(2));
+for (const tool of [TIME, "curl", "sha256sum", "sync", "dd", "openssl", "nginx", "minisign", "mount"]) {
   if (tool.startsWith("/") ? !existsSync(tool) : !Bun.which(tool)) {
-    throw new Error(`${tool} is required for the benchmark (Debian: apt-get install -y time curl coreutils)`);
+    throw new Error(`${tool} is required for the benchmark (Debian: apt-get install -y time curl coreutils openssl nginx minisign mount)`);
   }
 }
 const scratch = mkdtempSync(join(tmpdir(), "bin-proxy-bench-"));
-const hosts: Host[] = [];
-let api: BinManager | undefined;
+/** Undone in reverse order at the end, whatever happened. */
+const cleanups: (() => void | Promise<void>)[] = [];
+const later = (undo: () => void | Promise<void>) => void cleanups.push(undo);
+const newHost = () => {
+  const host = makeHost();
+  later(() => host.cleanup());
+  return host;
+};
 
 try {
+  if (options.fleet) await fleetBench(options);
+  else await hostBench(options);
+} finally {
+  for (const undo of cleanups.reverse()) await undo();
+  rmSync(scratch, { recursive: true, force: true });
+}
+
+async function hostBench({ runs, bigRuns }: Options): Promise<void> {
   // Builds: every option considered, compiled the way scripts/build.ts compiles a release.
   progress("building the variants");
-  const native = build.nativeTarget();
-  const releaseTarget = build.RELEASE_ASSETS.find((a) => a.target === native || a.target.startsWith(`${native}-`))?.target ?? native;
-  const releaseFlags = build.RELEASE_FLAGS.join(" ");
-  // --smol (a runtime flag, stamped in with --compile-exec-argv) trades some CPU for a smaller, flatter heap.
-  const withSmol = (flags: string[]) => (flags.includes(SMOL) ? flags.filter((f) => f !== SMOL) : [...flags, SMOL]);
-  const releaseTwin = withSmol([...build.RELEASE_FLAGS]);
-  const flagSets = [[], ["--minify"], ["--bytecode", "--format=esm"], ["--minify", "--bytecode", "--format=esm"], [...build.RELEASE_FLAGS]];
-  const variants = [
-    ...flagSets.map((flags) => ({ target: native, flags })),
-    { target: releaseTarget, flags: [...build.RELEASE_FLAGS] },
-    { target: releaseTarget, flags: releaseTwin },
-  ]
+  const rel = releaseBuild();
+  const releaseFlags = rel.flags.join(" ");
+  const flagSets = [[], ["--minify"], ["--bytecode", "--format=esm"], ["--minify", "--bytecode", "--format=esm"], rel.flags];
+  const variants = [...flagSets.map((flags) => ({ target: rel.native, flags })), { target: rel.target, flags: rel.flags }, { target: rel.target, flags: rel.twin }]
     .filter((v, i, all) => all.findIndex((w) => w.target === v.target && w.flags.join(" ") === v.flags.join(" ")) === i)
     .map((v) => ({ ...v, name: `${v.target}${v.flags.length ? ` ${v.flags.join(" ")}` : " (no optional flags)"}` }));
   const exe = new Map<string, string>();
@@ -162,16 +371,24 @@ try {
     await build.compile(out, v.target, v.flags);
     exe.set(v.name, out);
   }
-  const exeOf = (target: string, flags: string[]) => exe.get(variants.find((v) => v.target === target && v.flags.join(" ") === flags.join(" "))!.name)!;
-  const releaseName = variants.find((v) => v.target === releaseTarget && v.flags.join(" ") === releaseFlags)!.name;
-  const releaseExe = exe.get(releaseName)!;
+  const exeOf = (flags: string[]) => exe.get(variants.find((v) => v.target === rel.target && v.flags.join(" ") === flags.join(" "))!.name)!;
+  const releaseName = variants.find((v) => v.target === rel.target && v.flags.join(" ") === releaseFlags)!.name;
+  const releaseExe = exeOf(rel.flags);
+  const twinExe = exeOf(rel.twin);
 
-  api = await startBinManager();
-  const bm = api;
+  const bm = await startBinManager();
+  later(() => bm.stop());
+  const data = join(scratch, "data");
+  mkdirSync(data);
+  const files = await startFileServer(data);
+  later(() => files.stop());
+  const downloadBase = `${files.url}${DOWNLOADS}`;
+  const keys = makeKeyPair(scratch);
+  const trustedKeys = writeTrustedKeys(join(scratch, "trusted-keys"), keys);
 
+  // No-op passes: 20 binaries, all up to date.
   const noopHost = (size: number, label: string) => {
-    const host = makeHost();
-    hosts.push(host);
+    const host = newHost();
     const entries = [];
     for (let i = 0; i < 20; i++) {
       const name = `${label}-${String(i).padStart(2, "0")}`;
@@ -185,85 +402,105 @@ try {
   progress("writing 20 x 1 MiB and 20 x 64 MiB binaries");
   const small = noopHost(MiB, "small");
   const large = noopHost(64 * MiB, "large");
+  const metricsFile = join(large.root, "bin_proxy.prom");
   const requestCounts: number[] = [];
-  const pass = (host: Host, executable = releaseExe) => async (): Promise<Sample> => {
+  const pass = (host: Host, executable = releaseExe, extra: Record<string, string> = {}) => async (): Promise<Sample> => {
     const before = bm.requests.length;
-    const sample = await measure([executable], { env: host.env(bm.api) });
+    const servedBefore = files.log().length;
+    const sample = await measure([executable], { env: host.env(bm.api, { DOWNLOAD_BASE_URL: downloadBase, ...extra }) });
     if (sample.stdout !== "") throw new Error(`a quiet pass printed: ${sample.stdout}`);
     requestCounts.push(bm.requests.length - before);
     const calls = bm.requests.slice(before).map((r) => `${r.method} ${r.path}`);
     if (calls.some((c) => !c.startsWith("GET "))) throw new Error(`a no-op pass wrote to the API: ${calls.join(", ")}`);
+    // Neither a download nor a checksum file or signature: a no-op does no signature work.
+    if (files.log().length !== servedBefore) throw new Error(`a no-op pass fetched ${files.log().slice(servedBefore).map((s) => s.uri).join(", ")}`);
     return sample;
   };
+  const withMetrics = { BIN_PROXY_METRICS_FILE: metricsFile };
+  const withKeys = { BIN_PROXY_TRUSTED_KEYS: trustedKeys };
   // The warm-up pass hashes every binary once (filling the hash cache) and introduces the node.
   for (const host of [small, large]) {
     await measure([releaseExe], { env: host.env(bm.api) });
     if (!existsSync(join(host.stateDir, "hash-cache.json"))) throw new Error("the warm-up pass wrote no hash cache");
   }
+  await pass(large, releaseExe, withMetrics)();
+  if (!readFileSync(metricsFile, "utf8").includes("bin_proxy_")) throw new Error(`the pass wrote no metrics to ${metricsFile}`);
   const largeFiles = Array.from({ length: 20 }, (_, i) => join(large.binDir, `large-${String(i).padStart(2, "0")}`));
   await flushDisk();
 
   progress(`no-op pass (${runs} runs each, ${bigRuns} of sha256sum)`);
+  requestCounts.splice(0);
   const noop = await rounds([
     { name: "no-op pass, 20 x 1 MiB", runs, run: pass(small) },
     { name: "no-op pass, 20 x 64 MiB", runs, run: pass(large) },
+    { name: "no-op pass, 20 x 64 MiB, BIN_PROXY_METRICS_FILE set", runs, run: pass(large, releaseExe, withMetrics) },
+    { name: "no-op pass, 20 x 64 MiB, BIN_PROXY_TRUSTED_KEYS set", runs, run: pass(large, releaseExe, withKeys) },
     { name: "sha256sum over the same 20 x 64 MiB", runs: bigRuns, run: () => measure(["sha256sum", ...largeFiles]) },
     { name: "bin-proxy --version", runs, run: () => measure([releaseExe, "--version"]) },
   ]);
   const noopRequests = [...requestCounts];
 
-  const bigHost = makeHost();
-  hosts.push(bigHost);
-  const data = join(scratch, "data");
-  mkdirSync(data);
+  // Updates: one binary per host, always from the same 1 MiB old version to the API's target.
   const oldPath = join(data, "old");
   const oldSha = randomFile(oldPath, MiB);
-  const updateOf = (name: string, size: number) => {
+  interface Update {
+    name: string;
+    file: string;
+    sha: string;
+    size: number;
+  }
+  const release = (name: string, size: number): Update => {
     const file = join(data, name);
     const sha = randomFile(file, size);
     bm.setTarget(name, served(sha));
-    // Served straight from the file: the fixture's own byte arrays would hold a GiB in memory.
-    bm.override("GET", `/api/v1/download/${name}`, () => new Response(Bun.file(file)));
     return { name, file, sha, size };
   };
-  progress("writing the 64 MiB and 1 GiB releases");
-  const mid = updateOf("update-64m", 64 * MiB);
-  const big = updateOf("update-1g", 1024 * MiB);
-  const entryOf = (name: string) => ({ serviceName: "", binaryName: name, version: oldSha, previousVersion: "", port: 0 });
-  bigHost.writeManifest([entryOf(mid.name), entryOf(big.name)]);
-  const env = bigHost.env(bm.api);
+  progress("writing the 64 MiB and 1 GiB releases; signing the 1 GiB one with minisign");
+  const mid = release("update-64m", 64 * MiB);
+  const big = release("update-1g", 1024 * MiB);
+  // A signed release as `sha256sum update-1g > update-1g.sha256 && minisign -Sm update-1g.sha256` publishes it, beside the file.
+  writeFileSync(`${big.file}.sha256`, `${big.sha}  ${big.name}\n`);
+  sign(keys, `${big.file}.sha256`);
 
-  /** Puts the old version back, as the API moved on: the next pass updates exactly that one binary. */
-  const resetTo = (u: typeof big) => async () => {
-    const manifest = bigHost.readManifest();
-    for (const entry of manifest.binaries) {
-      const current = entry.binaryName === u.name;
-      // The other binary is made up to date, so the pass has exactly one update to do.
-      bm.setTarget(entry.binaryName!, served(current ? u.sha : oldSha));
-      entry.version = oldSha;
-      entry.previousVersion = "";
-      writeFileSync(join(bigHost.binDir, entry.binaryName!), readFileSync(oldPath), { mode: 0o755 });
-    }
-    writeFileSync(bigHost.manifest, JSON.stringify(manifest, null, 2) + "\n");
-    rmSync(join(scratch, "curl-out"), { force: true });
+  const diskHost = newHost();
+  const midHost = newHost();
+  const tmpfsHost = newHost();
+  later(mountOver(tmpfsHost.binDir, ["-t", "tmpfs", "-o", "size=3g,mode=0755", "tmpfs"]));
+  const curlOut = join(scratch, "curl-out");
+  if (statSync(scratch).dev !== statSync(diskHost.binDir).dev) throw new Error("the disk baselines must write to BIN_DIR's filesystem");
+
+  /** Puts the old version back, as if the API had just moved on: the next pass updates exactly this binary. */
+  const resetTo = (host: Host, u: Update) => async () => {
+    writeFileSync(join(host.binDir, u.name), readFileSync(oldPath), { mode: 0o755 });
+    host.writeManifest([{ serviceName: "", binaryName: u.name, version: oldSha, previousVersion: "", port: 0 }]);
+    rmSync(curlOut, { force: true });
     await flushDisk();
   };
-  const update = (u: typeof big, executable = releaseExe) => async (): Promise<Sample> => {
-    const sample = await measure([executable], { env });
-    const entry = bigHost.readManifest().binaries.find((b) => b.binaryName === u.name);
-    const installed = statSync(join(bigHost.binDir, u.name)).size;
-    if (entry?.version !== u.sha || installed !== u.size) throw new Error(`the update of ${u.name} did not land:\n${bigHost.log().slice(-2000)}`);
+  const envOf = (host: Host, extra: Record<string, string> = {}) => host.env(bm.api, { DOWNLOAD_BASE_URL: downloadBase, ...extra });
+  const expectInstalled = (host: Host, u: Update) => {
+    const entry = host.readManifest().binaries.find((b) => b.binaryName === u.name);
+    const installed = statSync(join(host.binDir, u.name)).size;
+    if (entry?.version !== u.sha || installed !== u.size) throw new Error(`the update of ${u.name} did not land:\n${host.log().slice(-2000)}`);
+  };
+  const update = (host: Host, u: Update, executable = releaseExe, extra: Record<string, string> = {}) => async (): Promise<Sample> => {
+    const signaturesBefore = files.log().filter((s) => s.uri.startsWith(`${DOWNLOADS}/${u.name}.sha256.minisig`)).length;
+    const sample = await measure([executable], { env: envOf(host, extra) });
+    expectInstalled(host, u);
+    const signatures = files.log().filter((s) => s.uri.startsWith(`${DOWNLOADS}/${u.name}.sha256.minisig`)).length - signaturesBefore;
+    if (signatures !== (extra["BIN_PROXY_TRUSTED_KEYS"] ? 1 : 0)) throw new Error(`the update of ${u.name} fetched ${signatures} signatures`);
     return sample;
   };
+
   const hashAlone = join(scratch, "hash-alone.ts");
   writeFileSync(hashAlone, [
     `import { closeSync, openSync, readSync } from "node:fs";`,
     `const hasher = new Bun.CryptoHasher("sha256");`,
     `const fd = openSync(process.argv[2], "r");`,
     `const buf = Buffer.allocUnsafe(${MiB});`,
-    `for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; ) hasher.update(buf.subarray(0, n));`,
+    `let bytes = 0;`,
+    `for (let n; (n = readSync(fd, buf, 0, buf.length, null)) > 0; bytes += n) hasher.update(buf.subarray(0, n));`,
     `closeSync(fd);`,
-    `console.log(hasher.digest("hex"));`,
+    `console.log(hasher.digest("hex"), bytes);`,
   ].join("\n"));
   // The receive path alone: Bun's fetch read and hashed as lib/download.ts does, nothing written.
   const fetchAlone = join(scratch, "fetch-hash-alone.ts");
@@ -273,43 +510,95 @@ try {
     `for (let r; !(r = await reader.read()).done; ) hasher.update(r.value);`,
     `console.log(hasher.digest("hex"));`,
   ].join("\n"));
-  const url = (u: typeof big) => `${bm.api}/download/${u.name}`;
+  const url = (u: Update) => `${downloadBase}/${u.name}?sha256=${u.sha}`;
   /** A baseline that prints the hash it computed: it must be the file's, or it did not do the work. */
   const hashing = (cmd: string[], env?: Record<string, string>) => async (): Promise<Sample> => {
     const sample = await measure(cmd, { cwd: scratch, env });
-    if (sample.stdout.trim() !== big.sha) throw new Error(`${cmd.join(" ")} printed ${sample.stdout.trim()}, not ${big.sha}`);
+    const printed = sample.stdout.trim().split(/\s+/);
+    if (!printed.includes(big.sha)) throw new Error(`${cmd.join(" ")} printed ${sample.stdout.trim()}, not ${big.sha}`);
     return sample;
   };
-  const curlScript = 'curl -sS -o "$1" "$2" && sha256sum "$1"';
-  const curlOut = join(scratch, "curl-out");
 
-  const twinExe = exeOf(releaseTarget, releaseTwin);
-  const twinLabel = releaseTwin.includes(SMOL) ? "with --smol" : "without --smol";
-  progress("warm-up update");
-  await resetTo(big)();
-  await update(big)();
-  progress(`large update (${bigRuns} runs of each 1 GiB figure, ${runs} of each 64 MiB one)`);
+  // Resume: a pass killed when its partial reaches 90 %, then the pass that finishes it.
+  const partial = join(diskHost.binDir, `.${big.name}.${big.sha}.part`);
+  const resumed: { keptBytes: number; transferredBytes: number }[] = [];
+  let kept = 0;
+  const killAt90 = async () => {
+    await resetTo(diskHost, big)();
+    const logged = downloadsOf(files.log(), big.name).length;
+    const proc = spawnBinProxy([], envOf(diskHost), { executable: releaseExe });
+    const output = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text()]);
+    let exited = false;
+    void proc.exited.then(() => (exited = true));
+    while ((statSync(partial, { throwIfNoEntry: false })?.size ?? 0) < 0.9 * big.size) {
+      if (exited) throw new Error(`the pass ended before its partial reached 90 %: ${(await output).join("\n")}\n${diskHost.log().slice(-2000)}`);
+      await Bun.sleep(5);
+    }
+    proc.kill("SIGKILL");
+    if ((await proc.exited) !== 137) throw new Error("the pass to be killed at 90 % was not killed");
+    await loggedDownloads(files, big.name, logged + 1);
+    kept = statSync(partial).size;
+    await flushDisk();
+  };
+  const hashKept = async (): Promise<Sample> => {
+    const sample = await measure([process.execPath, hashAlone, partial]);
+    if (Number(sample.stdout.trim().split(" ")[1]) !== kept) throw new Error(`the hash of the kept bytes read ${sample.stdout.trim()}, not ${kept} bytes`);
+    return sample;
+  };
+  const resumePass = async (): Promise<Sample> => {
+    const logged = downloadsOf(files.log(), big.name).length;
+    // The kept bytes are read from the disk, as after a reboot (the download's O_DIRECT writes left them out of the page cache too).
+    await evict(partial);
+    const sample = await measure([releaseExe], { env: envOf(diskHost) });
+    expectInstalled(diskHost, big);
+    const transfers = (await loggedDownloads(files, big.name, logged + 1)).slice(logged);
+    resumed.push({ keptBytes: kept, transferredBytes: transfers.reduce((sum, s) => sum + s.bytes, 0) });
+    return sample;
+  };
+
+  progress("warm-up updates");
+  for (const [host, u] of [[diskHost, big], [midHost, mid], [tmpfsHost, big]] as const) {
+    await resetTo(host, u)();
+    await update(host, u)();
+  }
+  const twin = rel.twinLabel;
+  progress(`updates (${bigRuns} runs of each 1 GiB figure, ${runs} of each 64 MiB one)`);
   const updates = await rounds([
-    { name: "update pass, 1 GiB", runs: bigRuns, setup: resetTo(big), run: update(big) },
-    { name: "update pass, 64 MiB", runs, setup: resetTo(mid), run: update(mid) },
-    // The same two updates by the release's twin with --smol toggled: what that flag does to memory and time.
-    { name: `update pass, 1 GiB, ${twinLabel}`, runs: bigRuns, setup: resetTo(big), run: update(big, twinExe) },
-    { name: `update pass, 64 MiB, ${twinLabel}`, runs, setup: resetTo(mid), run: update(mid, twinExe) },
-    { name: "Bun.CryptoHasher over the same 1 GiB", runs: bigRuns, setup: flushDisk, run: hashing([process.execPath, hashAlone, big.file]) },
-    { name: "curl -o FILE URL && sha256sum FILE, 1 GiB", runs: bigRuns, setup: resetTo(big), run: () => measure(["sh", "-c", curlScript, "sh", curlOut, url(big)]) },
-    // Not targets: what each stream of the update costs alone on this machine, the floors under it.
-    { name: "curl -o /dev/null URL, 1 GiB", runs: bigRuns, run: () => measure(["curl", "-sS", "-o", "/dev/null", url(big)]) },
+    { name: "update pass, 1 GiB", runs: bigRuns, setup: resetTo(diskHost, big), run: update(diskHost, big) },
+    { name: `update pass, 1 GiB, ${twin}`, runs: bigRuns, setup: resetTo(diskHost, big), run: update(diskHost, big, twinExe) },
+    { name: "update pass, 64 MiB", runs, setup: resetTo(midHost, mid), run: update(midHost, mid) },
+    { name: `update pass, 64 MiB, ${twin}`, runs, setup: resetTo(midHost, mid), run: update(midHost, mid, twinExe) },
+    { name: "signed update pass, 1 GiB", runs: bigRuns, setup: resetTo(diskHost, big), run: update(diskHost, big, releaseExe, withKeys) },
+    { name: "update pass, 1 GiB, tmpfs BIN_DIR", runs: bigRuns, setup: resetTo(tmpfsHost, big), run: update(tmpfsHost, big) },
+    { name: `update pass, 1 GiB, tmpfs BIN_DIR, ${twin}`, runs: bigRuns, setup: resetTo(tmpfsHost, big), run: update(tmpfsHost, big, twinExe) },
+    // The floors under an update: each of its streams alone, from the same nginx and to the same filesystem.
+    { name: "curl -o /dev/null URL, 1 GiB (transfer alone)", runs: bigRuns, run: () => measure(["curl", "-sS", "-o", "/dev/null", url(big)]) },
+    { name: "Bun.CryptoHasher over the same 1 GiB (hash alone)", runs: bigRuns, run: hashing([process.execPath, hashAlone, big.file]) },
+    { name: "openssl dgst -sha256 over the same 1 GiB", runs: bigRuns, run: hashing(["openssl", "dgst", "-sha256", "-r", big.file]) },
+    {
+      name: "dd oflag=direct conv=fsync, the same 1 GiB to BIN_DIR's filesystem (disk alone)",
+      runs: bigRuns,
+      setup: () => rmSync(curlOut, { force: true }),
+      run: () => measure(["dd", `if=${big.file}`, `of=${curlOut}`, "bs=4M", "oflag=direct", "conv=fsync", "status=none"]),
+    },
     {
       name: "fetch + Bun.CryptoHasher, nothing written, 1 GiB",
       runs: bigRuns,
       run: hashing([process.execPath, fetchAlone, url(big)], { PATH: process.env.PATH ?? "/usr/bin:/bin", NO_PROXY: "127.0.0.1,localhost" }),
     },
     {
-      name: "dd oflag=direct conv=fsync, the same 1 GiB to this disk",
+      name: "curl -o FILE URL && sha256sum FILE, 1 GiB (the old script)",
       runs: bigRuns,
-      setup: resetTo(big),
-      run: () => measure(["dd", `if=${big.file}`, `of=${curlOut}`, "bs=4M", "oflag=direct", "conv=fsync", "status=none"]),
+      setup: () => rmSync(curlOut, { force: true }),
+      run: () => measure(["sh", "-c", 'curl -sS -o "$1" "$2" && sha256sum "$1"', "sh", curlOut, url(big)]),
     },
+    // In this order within each round: the kill leaves the partial the next three use.
+    // Read cold through the page cache first (a reference: in this VM that costs more CPU than the
+    // hash), then again from the page cache: the hash alone, the floor the target is measured against.
+    { name: "hash of the kept bytes, cold through the page cache", runs: bigRuns, setup: killAt90, run: hashKept },
+    { name: "hash of the kept bytes alone (Bun.CryptoHasher, page cache warm)", runs: bigRuns, run: hashKept },
+    { name: "resumed update pass, 1 GiB killed at 90 %", runs: bigRuns, run: resumePass },
+    { name: "curl -r N- -o /dev/null URL (transfer of the rest alone)", runs: bigRuns, run: () => measure(["curl", "-sS", "-r", `${kept}-`, "-o", "/dev/null", url(big)]) },
   ]);
 
   progress(`start-up of each build option (${runs} runs each)`);
@@ -322,77 +611,264 @@ try {
   const startup = await rounds(startupFigures);
 
   const m = (group: Map<string, Result>, name: string) => group.get(name)!.median;
+  const u = (name: string) => m(updates, name);
   const noop64 = m(noop, "no-op pass, 20 x 64 MiB");
-  const bigUpdate = m(updates, "update pass, 1 GiB");
-  const midUpdate = m(updates, "update pass, 64 MiB");
-  const transfer = m(updates, "curl -o /dev/null URL, 1 GiB");
-  const targets: { target: string; value: number; shown?: string; limit: string; met: boolean | null }[] = [
-    { target: "no-op pass CPU: 20 x 64 MiB / 20 x 1 MiB", value: noop64.cpuMs / m(noop, "no-op pass, 20 x 1 MiB").cpuMs, limit: "≤ 1.3" },
-    { target: "no-op pass CPU / sha256sum CPU over the same 20 files", value: noop64.cpuMs / m(noop, "sha256sum over the same 20 x 64 MiB").cpuMs, limit: "≤ 0.1" },
-    { target: "no-op pass wall / --version wall", value: noop64.wallMs / m(noop, "bin-proxy --version").wallMs, limit: "≤ 3" },
-    { target: "API requests per no-op pass (all runs)", value: Math.max(...noopRequests), shown: [...new Set(noopRequests)].join(", "), limit: "= 21" },
-    { target: "1 GiB update wall / Bun.CryptoHasher alone", value: bigUpdate.wallMs / m(updates, "Bun.CryptoHasher over the same 1 GiB").wallMs, limit: "≤ 1.3" },
-    { target: "1 GiB update wall / curl + sha256sum", value: bigUpdate.wallMs / m(updates, "curl -o FILE URL && sha256sum FILE, 1 GiB").wallMs, limit: "≤ 0.3" },
-    { target: "1 GiB update peak RSS, MiB", value: bigUpdate.rssKiB / 1024, limit: "≤ 96" },
-    { target: "peak RSS: 1 GiB vs 64 MiB update, relative difference", value: Math.abs(bigUpdate.rssKiB - midUpdate.rssKiB) / midUpdate.rssKiB, limit: "≤ 0.1" },
-    { target: "(reference) 1 GiB update wall / loopback transfer alone", value: bigUpdate.wallMs / transfer.wallMs, limit: "—" },
-    { target: "(reference) 1 GiB update wall / fetch + hash alone", value: bigUpdate.wallMs / m(updates, "fetch + Bun.CryptoHasher, nothing written, 1 GiB").wallMs, limit: "—" },
-    { target: "(reference) 1 GiB update wall / disk write alone", value: bigUpdate.wallMs / m(updates, "dd oflag=direct conv=fsync, the same 1 GiB to this disk").wallMs, limit: "—" },
-  ].map((t) => {
-    const [op, bound] = t.limit.split(" ");
-    const met = op === "≤" ? t.value <= Number(bound) : op === "=" ? noopRequests.every((n) => n === Number(bound)) : null;
-    return { ...t, met };
-  });
-
-  const machine = {
-    cpu: /^model name\s*:\s*(.*)$/m.exec(readFileSync("/proc/cpuinfo", "utf8"))?.[1] ?? "unknown",
-    sha_ni: /^flags\s*:.*\bsha_ni\b/m.test(readFileSync("/proc/cpuinfo", "utf8")),
-    cores: availableParallelism(),
-    kernel: release(),
-    bun: Bun.version,
+  const bigUpdate = u("update pass, 1 GiB");
+  const transfer = u("curl -o /dev/null URL, 1 GiB (transfer alone)");
+  const hash = u("Bun.CryptoHasher over the same 1 GiB (hash alone)");
+  const openssl = u("openssl dgst -sha256 over the same 1 GiB");
+  const disk = u("dd oflag=direct conv=fsync, the same 1 GiB to BIN_DIR's filesystem (disk alone)");
+  const hashFloor = Math.min(hash.wallMs, openssl.wallMs);
+  const floor = Math.max(transfer.wallMs, hashFloor, disk.wallMs);
+  const memoryFigures = (label: string) => {
+    const at = (name: string) => u(name.replace("%", label)).rssKiB;
+    return { big: at("update pass, 1 GiB%"), mid: at("update pass, 64 MiB%"), tmpfs: at("update pass, 1 GiB, tmpfs BIN_DIR%") };
   };
+  const smolLabel = rel.flags.includes(SMOL) ? "" : `, ${twin}`;
+  const plainLabel = rel.flags.includes(SMOL) ? `, ${twin}` : "";
+  const smol = memoryFigures(smolLabel);
+  const plain = memoryFigures(plainLabel);
+  const keptMedian = median(resumed.map((r) => r.keptBytes));
+  const transferredShare = Math.max(...resumed.map((r) => r.transferredBytes / big.size));
+  const rest = u("curl -r N- -o /dev/null URL (transfer of the rest alone)").wallMs;
+  const keptHash = u("hash of the kept bytes alone (Bun.CryptoHasher, page cache warm)").wallMs;
+  const keptGiB = keptMedian / (1024 * MiB);
+  const resumeFloor = keptHash + rest;
+  const resumeWall = u("resumed update pass, 1 GiB killed at 90 %").wallMs;
+  const flatness = (f: { big: number; mid: number }) => Math.abs(f.big - f.mid) / f.mid;
+  const targets: Target[] = [
+    judged({ target: "no-op pass CPU: 20 x 64 MiB / 20 x 1 MiB", value: noop64.cpuMs / m(noop, "no-op pass, 20 x 1 MiB").cpuMs, limit: "≤ 1.3" }),
+    judged({ target: "no-op pass CPU / sha256sum CPU over the same 20 files", value: noop64.cpuMs / m(noop, "sha256sum over the same 20 x 64 MiB").cpuMs, limit: "≤ 0.1" }),
+    judged({ target: "no-op pass wall / --version wall", value: noop64.wallMs / m(noop, "bin-proxy --version").wallMs, limit: "≤ 3" }),
+    judged({ target: "API requests per no-op pass (all runs, with and without metrics and keys)", value: Math.max(...noopRequests), shown: [...new Set(noopRequests)].join(", "), limit: "= 21" }, noopRequests),
+    judged({ target: "no-op pass wall with BIN_PROXY_METRICS_FILE / without", value: m(noop, "no-op pass, 20 x 64 MiB, BIN_PROXY_METRICS_FILE set").wallMs / noop64.wallMs, limit: "≤ 1.1" }),
+    judged({ target: "no-op pass CPU with BIN_PROXY_METRICS_FILE / without", value: m(noop, "no-op pass, 20 x 64 MiB, BIN_PROXY_METRICS_FILE set").cpuMs / noop64.cpuMs, limit: "≤ 1.1" }),
+    judged({ target: "no-op pass wall with BIN_PROXY_TRUSTED_KEYS / without", value: m(noop, "no-op pass, 20 x 64 MiB, BIN_PROXY_TRUSTED_KEYS set").wallMs / noop64.wallMs, limit: "≤ 1.1" }),
+    judged({ target: "no-op pass CPU with BIN_PROXY_TRUSTED_KEYS / without", value: m(noop, "no-op pass, 20 x 64 MiB, BIN_PROXY_TRUSTED_KEYS set").cpuMs / noop64.cpuMs, limit: "≤ 1.1" }),
+    judged({ target: "1 GiB update wall / max(transfer, hash, disk alone)", value: bigUpdate.wallMs / floor, limit: "≤ 1.3" }),
+    judged({ target: `(reference) the same, ${twin}`, value: u(`update pass, 1 GiB, ${twin}`).wallMs / floor, limit: "—" }),
+    judged({ target: "1 GiB update into tmpfs wall / max(transfer, hash alone)", value: u("update pass, 1 GiB, tmpfs BIN_DIR").wallMs / Math.max(transfer.wallMs, hashFloor), limit: "≤ 1.3" }),
+    judged({ target: `(reference) the same, ${twin}`, value: u(`update pass, 1 GiB, tmpfs BIN_DIR, ${twin}`).wallMs / Math.max(transfer.wallMs, hashFloor), limit: "—" }),
+    judged({ target: "1 GiB update wall / curl + sha256sum (the old script)", value: bigUpdate.wallMs / u("curl -o FILE URL && sha256sum FILE, 1 GiB (the old script)").wallMs, limit: "≤ 0.3" }),
+    judged({ target: "signed 1 GiB update wall / unsigned", value: u("signed update pass, 1 GiB").wallMs / bigUpdate.wallMs, limit: "≤ 1.05" }),
+    judged({ target: "resumed pass: bytes transferred / file size (largest of the runs)", value: transferredShare, limit: "≤ 0.15" }),
+    judged({ target: "resumed pass wall / (hash of the kept bytes + transfer of the rest, alone)", value: resumeWall / resumeFloor, limit: "≤ 1.3" }),
+    judged({ target: "resumed pass wall / full 1 GiB update wall", value: resumeWall / bigUpdate.wallMs, limit: "< 1" }),
+    judged({ target: "peak RSS of any update, signed and resumed ones too, MiB (release build)", value: Math.max(smol.big, smol.mid, smol.tmpfs, u("signed update pass, 1 GiB").rssKiB, u("resumed update pass, 1 GiB killed at 90 %").rssKiB) / 1024, limit: "≤ 128" }),
+    judged({ target: "peak RSS: 1 GiB vs 64 MiB update, relative difference (release build)", value: flatness(smol), limit: "≤ 0.1" }),
+    judged({ target: "(reference) peak RSS of any update, MiB, without --smol", value: Math.max(plain.big, plain.mid, plain.tmpfs) / 1024, limit: "—" }),
+    judged({ target: "(reference) peak RSS: 1 GiB vs 64 MiB, relative difference, without --smol", value: flatness(plain), limit: "—" }),
+    judged({ target: "(reference) 1 GiB update wall / transfer alone", value: bigUpdate.wallMs / transfer.wallMs, limit: "—" }),
+    judged({ target: "(reference) 1 GiB update wall / fetch + hash alone", value: bigUpdate.wallMs / u("fetch + Bun.CryptoHasher, nothing written, 1 GiB").wallMs, limit: "—" }),
+    judged({ target: "(reference) re-hash of the kept bytes in the resumed pass (its wall less the rest's transfer), ms per GiB", value: (resumeWall - rest) / keptGiB, limit: "—" }),
+    judged({ target: "(reference) hash alone from the page cache, ms per GiB", value: keptHash / keptGiB, limit: "—" }),
+    judged({ target: "(reference) hash read cold through the page cache, ms per GiB", value: u("hash of the kept bytes, cold through the page cache").wallMs / keptGiB, limit: "—" }),
+  ];
+
+  const facts = machine();
   const ms = (x: number) => x.toFixed(x < 100 ? 1 : 0);
-  const mib = (kib: number) => (kib / 1024).toFixed(1);
-  const ratio = (x: number) => (x < 0.1 ? x.toFixed(4) : x.toFixed(2));
-  const row = (r: Result) => `| ${r.name} | ${ms(r.median.wallMs)} | ${ms(r.median.cpuMs)} | ${mib(r.median.rssKiB)} | ${r.samples.length} |`;
-  const head = ["| process | wall ms | CPU ms | peak RSS MiB | runs |", "|---|---:|---:|---:|---:|"];
+  const row = (r: Result) =>
+    `| ${r.name} | ${ms(r.median.wallMs)} | ${range(r.samples.map((s) => s.wallMs), ms)} | ${ms(r.median.cpuMs)} | ${fixed(r.median.rssKiB / 1024)} | ${r.samples.length} |`;
   const lines = [
-    `Machine: ${machine.cpu}${machine.sha_ni ? " (SHA-NI)" : ""}, ${machine.cores} cores, Linux ${machine.kernel}, Bun ${machine.bun}. Release build: ${releaseName}. Medians.`,
+    `Machine: ${facts.cpu}${facts.sha_ni ? " (SHA-NI)" : ""}, ${facts.cores} cores, Linux ${facts.kernel}, Bun ${facts.bun}, nginx ${facts.nginx}, load average ${facts.loadAverage} at the start. Release build: ${releaseName}. Medians.`,
     "",
-    ...head,
+    "| process | wall ms | wall range | CPU ms | peak RSS MiB | runs |",
+    "|---|---:|---:|---:|---:|---:|",
     ...[...noop.values(), ...updates.values()].map(row),
+    "",
+    `Resumed passes: kept ${resumed.map((r) => fixed(mib(r.keptBytes), 0)).join(", ")} MiB, transferred ${resumed.map((r) => fixed(mib(r.transferredBytes), 0)).join(", ")} MiB of ${mib(big.size)} MiB.`,
     "",
     "| build | --version wall ms | --version RSS MiB | no-op pass wall ms | no-op pass CPU ms | no-op pass RSS MiB |",
     "|---|---:|---:|---:|---:|---:|",
     ...variants.map((v) => {
       const version = m(startup, `${v.name}: --version`);
-      const pass = m(startup, `${v.name}: no-op pass, 20 x 1 MiB`);
-      return `| ${v.name}${v.name === releaseName ? " (release)" : ""} | ${ms(version.wallMs)} | ${mib(version.rssKiB)} | ${ms(pass.wallMs)} | ${ms(pass.cpuMs)} | ${mib(pass.rssKiB)} |`;
+      const p = m(startup, `${v.name}: no-op pass, 20 x 1 MiB`);
+      return `| ${v.name}${v.name === releaseName ? " (release)" : ""} | ${ms(version.wallMs)} | ${fixed(version.rssKiB / 1024)} | ${ms(p.wallMs)} | ${ms(p.cpuMs)} | ${fixed(p.rssKiB / 1024)} |`;
     }),
     "",
-    "| target | measured | limit | met |",
-    "|---|---:|---:|---|",
-    ...targets.map((t) => `| ${t.target} | ${t.shown ?? ratio(t.value)} | ${t.limit} | ${t.met === null ? "" : t.met ? "yes" : "**no**"} |`),
+    ...targetRows(targets),
   ];
   console.log(lines.join("\n"));
 
-  mkdirSync(join(root, "bench"), { recursive: true });
-  const out = join(root, "bench", "latest.json");
-  const doc = {
+  writeResults("host", {
     date: new Date().toISOString(),
     commit: await build.commit(),
     command: `npm run bench${process.argv.includes("--runs") ? ` -- --runs ${runs}` : ""}`,
-    machine,
-    release: { target: releaseTarget, flags: build.RELEASE_FLAGS },
-    figures: Object.fromEntries([...noop, ...updates, ...startup].map(([name, r]) => [name, { median: r.median, samples: r.samples }])),
-    noopRequests,
+    machine: facts,
+    release: { target: rel.target, flags: rel.flags },
     targets,
-  };
-  writeFileSync(`${out}.tmp`, JSON.stringify(doc, null, 2) + "\n");
-  renameSync(`${out}.tmp`, out);
-  progress(`wrote ${out}`);
-} finally {
-  await api?.stop();
-  for (const host of hosts) host.cleanup();
-  rmSync(scratch, { recursive: true, force: true });
+    resumed,
+    noopRequests,
+    figures: Object.fromEntries([...noop, ...updates, ...startup].map(([name, r]) => [name, { median: r.median, samples: r.samples }])),
+  });
 }
+
+/**
+ * 50 hosts (own roots and node names) behind one nginx proxy_cache (the README's config) in front
+ * of an origin: nginx serving the release files, passing the API to the fake bin-manager. At each
+ * round a new 16 MiB release; every host runs one pass. Counted at the origin: bytes served and the
+ * most downloads in flight at once; at the API: when each host reported the new version.
+ */
+async function fleetBench({ bigRuns }: Options): Promise<void> {
+  const HOSTS = 50;
+  const SIZE = 16 * MiB;
+  const NAME = "fleet-app";
+  // Passes at once: a 2-core machine runs every simulated host. Without a splay, at most 10 run at
+  // once, and in the herd all 50; with a splay all 50 start at once as cron starts them, each
+  // sleeping first, which is what spreads them.
+  const scenarios = [
+    { splay: 0, concurrency: 10 },
+    { splay: 0, concurrency: HOSTS },
+    { splay: 20, concurrency: HOSTS },
+  ];
+  progress("building the release");
+  const rel = releaseBuild();
+  const exe = join(scratch, "bin-proxy");
+  await build.compile(exe, rel.target, rel.flags);
+
+  const bm = await startBinManager();
+  later(() => bm.stop());
+  const data = join(scratch, "origin");
+  mkdirSync(data);
+  const origin = await startFileServer(data, bm.origin);
+  later(() => origin.stop());
+  const cache = await startNginx({ upstream: origin.url });
+  later(() => cache.stop());
+
+  const oldPath = join(scratch, "old");
+  const oldSha = randomFile(oldPath, MiB);
+  const hosts = Array.from({ length: HOSTS }, (_, i) => {
+    const host = newHost();
+    host.writeBinary(NAME, readFileSync(oldPath));
+    host.writeManifest([{ serviceName: "", binaryName: NAME, version: oldSha, previousVersion: "", port: 0 }]);
+    return { host, node: `fleet-node-${String(i + 1).padStart(2, "0")}` };
+  });
+
+  interface FleetRun {
+    splay: number;
+    concurrency: number;
+    originBytes: number;
+    originDownloads: number;
+    peakOriginConcurrency: number;
+    cacheStatuses: Record<string, number>;
+    /** From the moment the passes were started until the last host's POST /bins/{name} of the new version. */
+    allReportedMs: number;
+    passWallMs: number[];
+  }
+  const results: FleetRun[] = [];
+  for (let round = 0; round < bigRuns; round++) {
+    for (const { splay, concurrency } of scenarios) {
+      const temp = join(data, `.${NAME}.tmp`);
+      const sha = randomFile(temp, SIZE);
+      renameSync(temp, join(data, NAME));
+      bm.setTarget(NAME, served(sha));
+      const originSeen = origin.log().length;
+      const cacheSeen = cache.cacheLog().length;
+      const apiSeen = bm.requests.length;
+      const started = Date.now();
+      const walls: number[] = [];
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: concurrency }, async () => {
+          while (next < hosts.length) {
+            const { host, node } = hosts[next++]!;
+            const at = performance.now();
+            const env = host.env(`${cache.url}/api/v1`, { NODE_NAME: node, BIN_PROXY_SPLAY: String(splay) });
+            const run = await runBinProxy([], env, { executable: exe, timeoutMs: (splay + 60) * 1000 });
+            if (run.code !== 0) throw new Error(`${node}'s pass exited ${run.code}: ${run.stderr}\n${host.log().slice(-2000)}`);
+            walls.push(performance.now() - at);
+            if (host.readManifest().binaries[0]?.version !== sha) throw new Error(`${node} did not install the new release:\n${host.log().slice(-2000)}`);
+          }
+        }),
+      );
+      const reports = bm.requests
+        .slice(apiSeen)
+        .filter((r) => r.method === "POST" && r.path === `/api/v1/bins/${NAME}` && (r.body as { sha256?: string } | undefined)?.sha256 === sha);
+      const reported = new Set(reports.map((r) => (r.body as { nodeName?: string }).nodeName));
+      if (reported.size !== HOSTS) throw new Error(`${reported.size} of ${HOSTS} hosts reported the new version`);
+      // The cache's access log is written as each response ends: wait for all 50.
+      const deadline = Date.now() + 10_000;
+      while (cache.cacheLog().slice(cacheSeen).filter((l) => l.includes(`${DOWNLOADS}/${NAME}?`)).length < HOSTS && Date.now() < deadline) await Bun.sleep(20);
+      const fromOrigin = downloadsOf(origin.log().slice(originSeen), NAME);
+      const statuses: Record<string, number> = {};
+      for (const line of cache.cacheLog().slice(cacheSeen).filter((l) => l.includes(`${DOWNLOADS}/${NAME}?`))) {
+        const status = line.split(" ")[0]!;
+        statuses[status] = (statuses[status] ?? 0) + 1;
+      }
+      const result: FleetRun = {
+        splay,
+        concurrency,
+        originBytes: fromOrigin.reduce((sum, s) => sum + s.bytes, 0),
+        originDownloads: fromOrigin.length,
+        peakOriginConcurrency: peakConcurrency(fromOrigin),
+        cacheStatuses: statuses,
+        allReportedMs: Math.max(...reports.map((r) => r.at)) - started,
+        passWallMs: walls,
+      };
+      results.push(result);
+      progress(
+        `splay ${splay}, ${concurrency} at once: origin served ${fixed(mib(result.originBytes))} MiB in ${result.originDownloads} downloads (peak ${result.peakOriginConcurrency} at once), cache ${JSON.stringify(statuses)}, all reported after ${fixed(result.allReportedMs / 1000, 2)} s`,
+      );
+    }
+  }
+
+  const facts = machine();
+  const summary = scenarios.map(({ splay, concurrency }) => {
+    const runs = results.filter((r) => r.splay === splay && r.concurrency === concurrency);
+    const walls = runs.flatMap((r) => r.passWallMs);
+    return {
+      splay,
+      concurrency,
+      originMiB: runs.map((r) => mib(r.originBytes)),
+      peakOriginConcurrency: runs.map((r) => r.peakOriginConcurrency),
+      allReportedS: runs.map((r) => r.allReportedMs / 1000),
+      passWallMedianMs: median(walls),
+      passWallMaxMs: Math.max(...walls),
+    };
+  });
+  // What one cluster cache in front of the origin predicts for 10,000 hosts: the origin still sends
+  // each release once (proxy_cache_lock); the cache sends it to every host, as they arrive over the splay.
+  const FLEET = 10_000;
+  const work = summary[0]!.passWallMedianMs / 1000;
+  const prediction = [0, 20, 60, 300].map((splay) => ({
+    splay,
+    originMiB: Math.max(...summary.flatMap((s) => s.originMiB)),
+    cacheEgressGiB: (FLEET * SIZE) / (1024 * MiB),
+    hostsPerSecond: splay > 0 ? FLEET / splay : null,
+    /** Little's law: arrivals per second times each host's pass (measured here without a splay). */
+    downloadsInFlightAtCache: splay > 0 ? Math.min(FLEET, (FLEET / splay) * work) : FLEET,
+    /** What the cache must send per second for the hosts to keep up with the splay. */
+    cacheGbitPerSecond: splay > 0 ? (FLEET * SIZE * 8) / splay / 1e9 : null,
+  }));
+  const lines = [
+    `Machine: ${facts.cpu}, ${facts.cores} cores, Linux ${facts.kernel}, Bun ${facts.bun}, nginx ${facts.nginx}, load average ${facts.loadAverage} at the start. ${HOSTS} hosts, a new ${mib(SIZE)} MiB release per round, ${bigRuns} rounds.`,
+    "",
+    "| BIN_PROXY_SPLAY | passes at once | origin MiB | peak downloads at the origin | every host reported after, s | pass wall median / max, ms |",
+    "|---:|---:|---:|---:|---:|---:|",
+    ...summary.map(
+      (s) =>
+        `| ${s.splay} | ${s.concurrency} | ${range(s.originMiB, (x) => fixed(x))} | ${range(s.peakOriginConcurrency, String)} | ${range(s.allReportedS, (x) => fixed(x, 2))} | ${fixed(s.passWallMedianMs, 0)} / ${fixed(s.passWallMaxMs, 0)} |`,
+    ),
+    "",
+    `For ${FLEET} hosts behind one cache (each pass taking ${fixed(work, 2)} s as measured here without a splay):`,
+    "",
+    "| BIN_PROXY_SPLAY | origin MiB | cache egress GiB | hosts/s | downloads in flight at the cache | cache Gbit/s |",
+    "|---:|---:|---:|---:|---:|---:|",
+    ...prediction.map(
+      (p) => `| ${p.splay} | ${fixed(p.originMiB)} | ${fixed(p.cacheEgressGiB, 0)} | ${p.hostsPerSecond === null ? "all at once" : fixed(p.hostsPerSecond, 0)} | ${fixed(p.downloadsInFlightAtCache, 0)} | ${p.cacheGbitPerSecond === null ? "—" : fixed(p.cacheGbitPerSecond, 1)} |`,
+    ),
+  ];
+  console.log(lines.join("\n"));
+  writeResults("fleet", {
+    date: new Date().toISOString(),
+    commit: await build.commit(),
+    command: "npm run bench -- --fleet",
+    machine: facts,
+    hosts: HOSTS,
+    releaseBytes: SIZE,
+    summary,
+    prediction10k: prediction,
+    runs: results,
+  });
+}
+
