@@ -7,6 +7,7 @@ import { readAttempt } from "./journal.ts";
 import type { Logger } from "./log.ts";
 import { readManifest, type Entry } from "./manifest.ts";
 import { recordConfigError, recordRun, type BinaryEvent, type BinaryMetrics, type RunKind } from "./metrics.ts";
+import { EXIT_CONFIG } from "./pass.ts";
 import type { Outcome } from "./update.ts";
 
 /** One binary's share of a run: what the API named (null: not asked) and how its update ended (null: not touched). */
@@ -79,7 +80,9 @@ export function recordOperatorMetrics(settings: Settings, log: Logger, command: 
     // an invalid manifest: what is known of each binary is kept from earlier runs
   }
   const results = entries?.map((entry) => ({ entry, target: null, outcome: null, ...(entry.binaryName === command.name ? { event: command.event } : {}) }));
-  recordRunMetrics(settings, log, { kind: command.kind, startedAt: command.startedAt, exitCode: command.exitCode, signed: null, results: results ?? null });
+  // Stopped by the manifest or the keys file, as a pass would be: the metrics say broken config (bin_proxy_config_ok 0), not a retry.
+  const kind = command.exitCode === EXIT_CONFIG ? "config-error" : command.kind;
+  recordRunMetrics(settings, log, { kind, startedAt: command.startedAt, exitCode: command.exitCode, signed: null, results: results ?? null });
 }
 
 /** A configuration error before any setting could be trusted: the metrics file still says so, when its path is known. */
