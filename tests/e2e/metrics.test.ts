@@ -379,7 +379,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(runFacts(m)).toMatchObject({ configOk: 0, lastPassExit: 2, runs: runs({ pass: 6, rollback: 1, retry: 1, "config-error": 2 }) });
   }, 60_000);
 
-  test("an invalid manifest: exit 2, config_ok 0, counts kept, the manifest left as it is; status exits 2 and writes nothing", async () => {
+  test("an invalid manifest: exit 2, config_ok 0, counts kept, the manifest left as it is; status exits 2 and writes nothing; retry and rollback say config_ok 0 too", async () => {
     const previous = history.at(-1)!;
     const manifest = readFileSync(app.manifest, "utf8");
     writeFileSync(app.manifest, manifest.slice(0, 40));
@@ -394,6 +394,15 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
       const st = await run(["status", "--json"]);
       expect(st.code).toBe(2);
       expect(readFileSync(appMetrics(), "utf8")).toBe(m.text);
+
+      // An operator command stopped by the same manifest is a configuration error too: it must not turn config_ok back to 1.
+      for (const [command, errors] of [["retry", 4], ["rollback", 5]] as const) {
+        const op = await run([command, "app"]);
+        expect(op.code, context(op)).toBe(2);
+        const after = await appMetricsNow();
+        expect(binaryFacts(after, "app")).toEqual(binaryFacts(previous, "app"));
+        expect(runFacts(after)).toMatchObject({ configOk: 0, lastRunKind: ["config-error"], lastRunExit: 2, lastPassExit: 2, runs: runs({ pass: 6, rollback: 1, retry: 1, "config-error": errors }) });
+      }
     } finally {
       writeFileSync(app.manifest, manifest);
     }
@@ -409,7 +418,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
       ...binaryFacts(previous, "app"), installed: short(v2), target: short(v2), targetVersion: "v2.0", upToDate: 1, updates: 3,
       downloadedBytes: binaryFacts(previous, "app").downloadedBytes! + v2.bytes.length,
     });
-    expect(runFacts(m)).toEqual({ configOk: 1, signaturesRequired: 0, lastRunKind: ["pass"], lastRunExit: 0, lastPassExit: 0, runs: runs({ pass: 7, rollback: 1, retry: 1, "config-error": 3 }) });
+    expect(runFacts(m)).toEqual({ configOk: 1, signaturesRequired: 0, lastRunKind: ["pass"], lastRunExit: 0, lastPassExit: 0, runs: runs({ pass: 7, rollback: 1, retry: 1, "config-error": 5 }) });
     expectEndedBetween(m, "bin_proxy_last_success_timestamp_seconds", r.from, r.to);
     expect(bySeries(await scraped())).toEqual(bySeries(m.samples));
     await expectStatus(m, 0);
