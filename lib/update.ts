@@ -383,7 +383,7 @@ const report: Step<Attempt, Stop> = {
 
 /* -------------------------------------------------------- resuming a killed attempt */
 
-/** Under the record's lock, judges the attempt from what is on disk and in the manifest, and counts the death. */
+/** Under the record's lock, judges the attempt from what is on disk and in the manifest, and counts the death (written by countDeath). */
 const judge: Step<Attempt, Stop> = {
   name: "resume",
   async run(a) {
@@ -397,7 +397,6 @@ const judge: Step<Attempt, Stop> = {
       return next.kind === "committed" ? "committed" : "start-over";
     }
     a.record = { ...record, deaths: next.deaths };
-    writeAttempt(settings.stateDir, a.name, a.record);
     a.swapped = true;
     const kept = record.replaced && backupPath(settings.stateDir, a.name, record.replaced);
     a.backup = kept && existsSync(kept) ? kept : null;
@@ -405,6 +404,13 @@ const judge: Step<Attempt, Stop> = {
     return next.kind === "give-up" ? "give-up" : undefined;
   },
 };
+
+/**
+ * The death is written once the service manager answered, before the restart a pass can die in: a
+ * pass that failed on the host (supervisord down after a reboot) did not die on the target, and
+ * must not bring its give-up closer.
+ */
+const countDeath: Step<Attempt, Stop> = { name: "resume", run: async (a) => writeAttempt(a.ctx.settings.stateDir, a.name, a.record!) };
 
 /** The killed pass journaled and swapped already: these steps only stand for that, so their inverses run on failure. */
 const journaledBefore: Step<Attempt, Stop> = { name: "journal", run: async () => {}, undo: forgetAttempt };
@@ -431,8 +437,8 @@ const UPDATE_STEPS = [check, lock, service, signature, download, journal, instal
 const ROLLBACK_STEPS = [check, lock, service, download, holdLeftVersion, journal, install, restart, report];
 /** A journal record found: the lock of its target first, then the judgement. */
 const RESUME_STEPS = [{ name: "lock", run: takeLock }, judge];
-const FINISH_STEPS = [service, journaledBefore, swappedBefore, restart, report];
-const GIVE_UP_STEPS = [service, restore, giveUp];
+const FINISH_STEPS = [service, countDeath, journaledBefore, swappedBefore, restart, report];
+const GIVE_UP_STEPS = [service, countDeath, restore, giveUp];
 
 /* ----------------------------------------------------------------- the flow */
 
