@@ -232,6 +232,37 @@ describe("a service manager that does not answer fails the host's update, not th
     expect(reports(down)).toEqual([reportOf(down, v2)]);
   }, 60_000);
 
+  test("supervisord stopped while a killed attempt waits to be resumed: not counted as a death; once it is back the attempt is finished", async () => {
+    // down is at v2 from the test above, under its own supervisord.
+    const v2 = artifact(serviceScript({ tag: "down-v2" }));
+    const v3 = artifact(serviceScript({ tag: "down-v3" }));
+    bm.setTarget(down.name, v3);
+    bm.clearRequests();
+    const servicePid = await ownSup!.pid(down.name);
+    const p = startPass(down.host, bm.api, { SUPERVISORCTL: ownSup!.ctl });
+    await whileRunning(p, async () => !processAlive(servicePid) && (await ownSup!.status(down.name)) === "STARTING", "the restart");
+    expect((await killGroup(p)).code).toBe(137);
+    expect(attemptRecord(down)).toMatchObject({ target: v3.sha256, deaths: 0 });
+
+    // The host reboots, say, and the first pass runs before supervisord is up.
+    await ownSup!.stop();
+    const r = await pass(down, { SUPERVISORCTL: ownSup!.ctl });
+    expect(r.code, context(down, r)).toBe(1);
+    expect(events(down.host, "update_failed").map((e) => e.phase).at(-1)).toBe("service");
+    expect(events(down.host, "not_held")).toHaveLength(2);
+    expect(entryOf(down).hold).toBeUndefined();
+    expect(expectWhole(down.host, down.name, [v2, v3])).toEqual({ onDisk: v3.sha256, recorded: v2.sha256 });
+    // This pass failed on the host, and said so; it did not die on v3, so it counts nothing.
+    expect(attemptRecord(down)).toMatchObject({ target: v3.sha256, deaths: 0 });
+
+    ownSup = await supervisor([program(down)]);
+    const again = await pass(down, { SUPERVISORCTL: ownSup.ctl });
+    expect(again, context(down, again)).toEqual({ code: 0, stdout: "", stderr: "" });
+    expectDone(down.host, down.name, v2, v3);
+    expect(events(down.host, "attempt_resumed").map((e) => [e.deaths, e.next])).toEqual([["1", "finish"], ["1", "finish"]]);
+    expect(reports(down)).toEqual([reportOf(down, v3)]);
+  }, 60_000);
+
   test("supervisorctl not found (hidden in a private mount namespace): exit 1 naming the fix; with supervisorctl back the next pass updates", async () => {
     const hide = ["-m", "--propagation", "private", "sh", "-c", 'mount --bind /dev/null /usr/bin/supervisorctl && exec "$0" "$@"'];
     const usable = Bun.spawnSync(["unshare", ...hide, "/bin/sh", "-c", "! test -x /usr/bin/supervisorctl"], { stdout: "pipe", stderr: "pipe" });
