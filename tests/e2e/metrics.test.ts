@@ -287,6 +287,11 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     const m = await appMetricsNow();
     expect(m.text).toBe(previous.text);
     expect(bySeries(await scraped())).toEqual(bySeries(m.samples));
+
+    // Had it died in the middle of writing the file, it would have left half of it in its temp file beside it: node_exporter
+    // reads only *.prom, and the next run removes it (the failed update's file below is alone in its directory).
+    writeFileSync(join(textfileDir, `.bin_proxy.prom.${p.pid}.tmp`), m.text.slice(0, m.text.length / 2));
+    expect(bySeries(await scraped())).toEqual(bySeries(m.samples));
   }, 60_000);
 
   test("a failed update (v3 exits at once): rolled back to v2 and held; the failure and the rollback counted; scraped so", async () => {
