@@ -265,12 +265,21 @@ function infoPath(partial: string): string {
   return `${partial}.meta`;
 }
 
+/** The info beside a partial; null when there is none, or it is not a plain file of a valid info (a symlink is never followed). */
 function readPartialInfo(partial: string): PartialInfo | null {
+  let fd: number;
   try {
-    if (!lstatSync(infoPath(partial)).isFile()) return null;
-    return parsePartialInfo(readFileSync(infoPath(partial), "utf8"));
+    fd = openSync(infoPath(partial), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   } catch {
     return null;
+  }
+  try {
+    const st = fstatSync(fd);
+    return st.isFile() && st.size <= 4096 ? parsePartialInfo(readFileSync(fd, "utf8")) : null;
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
   }
 }
 

@@ -1,6 +1,6 @@
 // Unit tests of the download's pure decisions: what a response to a resumed request means, which validator is kept, and which partial files a pass keeps.
 import { afterAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -107,5 +107,11 @@ describe("partial files on disk", () => {
     expect(resumablePartial(bin, target)).toEqual({ bytes: 2 * BLOCK + 100, total: 2 * BLOCK + 100, validator: '"v"' });
     writeFileSync(partial, new Uint8Array(100));
     expect(resumablePartial(bin, target)).toBeNull(); // less than a block: nothing would be kept
+    // An info that is a symlink (even to a valid one) is never followed.
+    writeFileSync(partial, new Uint8Array(BLOCK));
+    writeFileSync(join(dir, "elsewhere"), JSON.stringify({ validator: '"v"', total: null }));
+    rmSync(`${partial}.meta`);
+    symlinkSync(join(dir, "elsewhere"), `${partial}.meta`);
+    expect(resumablePartial(bin, target)).toBeNull();
   });
 });
