@@ -10,6 +10,7 @@ import { parseExposition, type Sample } from "../../lib/metrics.ts";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { BIN_PROXY, hostPool, runBinProxy, serviceScript } from "../fixture/host.ts";
 import { validate } from "../fixture/jsonschema.ts";
+import { makeKeyPair, writeTrustedKeys } from "../fixture/minisign.ts";
 import { promtoolCheckMetrics, startNodeExporter, type NodeExporter } from "../fixture/node-exporter.ts";
 import { processAlive, startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 import { gatedDownload, killPass, startPass, until, type Run, type Started } from "./invariants.ts";
@@ -485,4 +486,23 @@ describe("an uncommitted attempt (a pass killed during a restart)", () => {
     expect(binaryFacts(m, "att")).toMatchObject({ installed: short(attV2), target: short(attV2), targetVersion: "v2.0", upToDate: 1, uncommitted: 0, updates: 1 });
     expect(statSync(attMetrics).mode & 0o777).toBe(0o644);
   }, 90_000);
+});
+
+describe("signatures required (att, now on its target)", () => {
+  test("with trusted keys: the file says signatures are required, and so do status and status --json", async () => {
+    const env = { ...attEnv(), BIN_PROXY_TRUSTED_KEYS: writeTrustedKeys(join(att.root, "etc", "trusted-keys"), makeKeyPair(att.root)) };
+    // att is on the API's target already: nothing to download, so nothing needs a signature.
+    expect(await runBinProxy([], env)).toEqual({ code: 0, stdout: "", stderr: "" });
+    const m = await checked(readFileSync(attMetrics, "utf8"));
+    expect(runFacts(m)).toMatchObject({ configOk: 1, signaturesRequired: 1, lastPassExit: 0 });
+    const last = lastPassOf(m);
+    const table = await runBinProxy(["status"], env);
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout.trimEnd().split("\n").at(-1)).toBe(`last pass ${last.at}, exit 0, ${last.durationMs} ms; signatures required`);
+    const json = await runBinProxy(["status", "--json"], env);
+    const doc = JSON.parse(json.stdout) as { lastPass: unknown; signaturesRequired: boolean };
+    expect(validate(STATUS_SCHEMA, doc)).toEqual([]);
+    expect(doc).toMatchObject({ lastPass: last, signaturesRequired: true });
+    expect(readFileSync(attMetrics, "utf8")).toBe(m.text);
+  }, 60_000);
 });
