@@ -230,7 +230,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(doc.binaries.map((b) => [b.name, b.onDisk, b.supervisor, b.hold, b.attempt, b.attention])).toEqual([["app", v1.sha256, "RUNNING", null, null, null]]);
   }, 60_000);
 
-  test("a no-op pass prints nothing and counts nothing but the pass; --verbose and -v print exactly the summary line", async () => {
+  test("a no-op pass prints nothing and counts nothing but the pass; --verbose and -v print exactly the summary line; --dry-run writes nothing", async () => {
     const before = history.at(-1)!;
     const quiet = await timedRun([]);
     expect(quiet).toMatchObject({ code: 0, stdout: "", stderr: "" });
