@@ -63,7 +63,8 @@ function binaryMetrics(stateDir: string, entry: Entry, { target, outcome, event 
   else if (outcome) {
     metrics.event = {
       updated: outcome.kind === "updated" || outcome.kind === "adopted",
-      failed: outcome.kind === "failed",
+      // An API that could not name a target fails the pass, not an update: none was tried.
+      failed: outcome.kind === "failed" && target !== null,
       rolledBack: outcome.kind === "failed" && outcome.rolledBack,
       downloadedBytes: outcome.kind === "updated" || outcome.kind === "failed" ? outcome.downloadedBytes : 0,
     };
