@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, w
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseExposition, type Sample } from "../../lib/metrics.ts";
-import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
+import { artifact, startBinManager, status, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { BIN_PROXY, hostPool, runBinProxy, serviceScript } from "../fixture/host.ts";
 import { validate } from "../fixture/jsonschema.ts";
 import { makeKeyPair, writeTrustedKeys } from "../fixture/minisign.ts";
@@ -428,6 +428,22 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expectEndedBetween(m, "bin_proxy_last_success_timestamp_seconds", r.from, r.to);
     expect(bySeries(await scraped())).toEqual(bySeries(m.samples));
     await expectStatus(m, 0);
+  }, 60_000);
+
+  test("an API that cannot name the target (HTTP 500): a failed pass, but no update failed, and the last known target is kept", async () => {
+    const previous = history.at(-1)!;
+    bm.override("GET", `${API}/bins/app`, status(500));
+    let r;
+    try {
+      r = await run([]);
+    } finally {
+      bm.override("GET", `${API}/bins/app`, null);
+    }
+    expect(r.code, context(r)).toBe(1);
+    expect(r.stderr).toContain("event=target_unavailable");
+    const m = await appMetricsNow();
+    expect(binaryFacts(m, "app")).toEqual(binaryFacts(previous, "app"));
+    expect(runFacts(m)).toMatchObject({ configOk: 1, lastPassExit: 1, runs: runs({ pass: 8, rollback: 1, retry: 1, "config-error": 5 }) });
   }, 60_000);
 });
 
