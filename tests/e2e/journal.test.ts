@@ -1,6 +1,7 @@
 // End-to-end tests of update transactions (SPEC §12), with the compiled executable, the fake bin-manager and real supervisords:
 // rollback keeps the holds it did not decide, a service manager that does not answer fails the host (not the release), a pass that
-// dies after its swap is resumed and counted until the second death rolls back and holds, and every installed version reaches the API.
+// dies after its swap is resumed and counted (status shows it) until the second death rolls back and holds, and every installed version
+// reaches the API.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -14,7 +15,7 @@ const API = "/api/v1";
 const short = (a: Artifact) => a.sha256.slice(0, 12);
 
 let bm: BinManager;
-/** The supervisord most tests share; the "supervisord stopped" test has its own, which it stops and starts. */
+/** The supervisord most tests share; the "supervisord stopped" tests have their own, which they stop and start. */
 let sup: Supervisor;
 let ownSup: Supervisor | null = null;
 const supDirs: string[] = [];
@@ -28,9 +29,9 @@ interface Site {
   v1: Artifact;
 }
 
-function site(name: string, opts: { service?: boolean; v1?: Artifact } = {}): Site {
+function site(name: string, opts: { service?: boolean } = {}): Site {
   const host = hosts.make();
-  const v1 = opts.v1 ?? artifact(serviceScript({ tag: `${name}-v1` }));
+  const v1 = artifact(serviceScript({ tag: `${name}-v1` }));
   const path = host.writeBinary(name, v1.bytes);
   host.writeManifest([{ serviceName: opts.service === false ? "" : name, binaryName: name, version: v1.sha256, previousVersion: "", port: 0 }]);
   return { host, name, path, v1 };
@@ -99,7 +100,7 @@ function expectIntact(s: Site, current: Artifact, files: string[]): void {
 }
 
 /** A pass failed by the host's service manager: exit 1, the cause and its fix named, nothing downloaded or swapped, not held. */
-function expectHostFailure(s: Site, r: Run | { code: number; stdout: string; stderr: string }, fix: RegExp, files: string[]): void {
+function expectHostFailure(s: Site, r: { code: number; stdout: string; stderr: string }, fix: RegExp, files: string[]): void {
   expect(r.code, context(s, r)).toBe(1);
   expect(r.stdout).toBe("");
   const failed = events(s.host, "update_failed");
