@@ -316,6 +316,18 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(doc.binaries[0]!.hold).toMatchObject({ version: broken.sha256, failures: 1, active: true });
   }, 60_000);
 
+  test("the next pass while v3 is held: exit 0, nothing downloaded, still held, nothing counted but the pass", async () => {
+    const previous = history.at(-1)!;
+    bm.clearRequests();
+    const r = await timedRun([]);
+    expect(r, context(r)).toMatchObject({ code: 0, stdout: "", stderr: "" });
+    expect(bm.count("GET", `${API}/download/app`)).toBe(0);
+    const m = await appMetricsNow();
+    expect(binaryFacts(m, "app")).toEqual(binaryFacts(previous, "app"));
+    expect(runFacts(m)).toMatchObject({ configOk: 1, lastPassExit: 0, runs: runs({ pass: 7 }) });
+    expectEndedBetween(m, "bin_proxy_last_success_timestamp_seconds", r.from, r.to);
+  }, 60_000);
+
   test("rollback app: back on v1, the rollback counted, v2 held; the last pass stays the one before", async () => {
     const previous = history.at(-1)!;
     const r = await timedRun(["rollback", "app"]);
@@ -324,7 +336,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     const m = await appMetricsNow();
     // The target stays the last one a pass learnt (a rollback asks no API for it).
     expect(binaryFacts(m, "app")).toEqual({ ...binaryFacts(previous, "app"), installed: short(v1), upToDate: 0, held: 1, holdFailures: 0, rollbacks: 2 });
-    expect(runFacts(m)).toEqual({ configOk: 1, signaturesRequired: 0, lastRunKind: ["rollback"], lastRunExit: 0, lastPassExit: 1, runs: runs({ pass: 6, rollback: 1 }) });
+    expect(runFacts(m)).toEqual({ configOk: 1, signaturesRequired: 0, lastRunKind: ["rollback"], lastRunExit: 0, lastPassExit: 0, runs: runs({ pass: 7, rollback: 1 }) });
     expectEndedBetween(m, "bin_proxy_last_run_timestamp_seconds", r.from, r.to);
     expect(lastPassOf(m)).toEqual(lastPassOf(previous));
     await expectStatus(m, 0);
@@ -336,7 +348,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(r.code, context(r)).toBe(0);
     const m = await appMetricsNow();
     expect(binaryFacts(m, "app")).toEqual({ ...binaryFacts(previous, "app"), held: 0 });
-    expect(runFacts(m)).toMatchObject({ configOk: 1, lastRunKind: ["retry"], lastRunExit: 0, runs: runs({ pass: 6, rollback: 1, retry: 1 }) });
+    expect(runFacts(m)).toMatchObject({ configOk: 1, lastRunKind: ["retry"], lastRunExit: 0, runs: runs({ pass: 7, rollback: 1, retry: 1 }) });
   }, 60_000);
 
   test("a configuration error in the environment (LOCK_TIMEOUT=abc): exit 2, bin_proxy_config_ok 0 scraped, every count and fact kept", async () => {
@@ -346,7 +358,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(r.stderr).toContain("LOCK_TIMEOUT");
     const m = await appMetricsNow();
     expect(binaryFacts(m, "app")).toEqual(binaryFacts(previous, "app"));
-    expect(runFacts(m)).toEqual({ configOk: 0, signaturesRequired: 0, lastRunKind: ["config-error"], lastRunExit: 2, lastPassExit: 2, runs: runs({ pass: 6, rollback: 1, retry: 1, "config-error": 1 }) });
+    expect(runFacts(m)).toEqual({ configOk: 0, signaturesRequired: 0, lastRunKind: ["config-error"], lastRunExit: 2, lastPassExit: 2, runs: runs({ pass: 7, rollback: 1, retry: 1, "config-error": 1 }) });
     expectEndedBetween(m, "bin_proxy_last_pass_timestamp_seconds", r.from, r.to);
     expect(valueOf(m, "bin_proxy_last_success_timestamp_seconds")).toBe(valueOf(previous, "bin_proxy_last_success_timestamp_seconds"));
 
@@ -382,7 +394,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(r.stderr).toContain(`LOCK_TIMEOUT must be a whole number >= 1, got "abc" (set in ${config} line 3)`);
     const m = await appMetricsNow();
     expect(binaryFacts(m, "app")).toEqual(binaryFacts(previous, "app"));
-    expect(runFacts(m)).toMatchObject({ configOk: 0, lastPassExit: 2, runs: runs({ pass: 6, rollback: 1, retry: 1, "config-error": 2 }) });
+    expect(runFacts(m)).toMatchObject({ configOk: 0, lastPassExit: 2, runs: runs({ pass: 7, rollback: 1, retry: 1, "config-error": 2 }) });
   }, 60_000);
 
   test("an invalid manifest: exit 2, config_ok 0, counts kept, the manifest left as it is; status exits 2 and writes nothing; retry and rollback say config_ok 0 too", async () => {
@@ -396,7 +408,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
       expect(readFileSync(app.manifest, "utf8")).toBe(manifest.slice(0, 40));
       const m = await appMetricsNow();
       expect(binaryFacts(m, "app")).toEqual(binaryFacts(previous, "app"));
-      expect(runFacts(m)).toMatchObject({ configOk: 0, lastRunKind: ["config-error"], lastPassExit: 2, runs: runs({ pass: 6, rollback: 1, retry: 1, "config-error": 3 }) });
+      expect(runFacts(m)).toMatchObject({ configOk: 0, lastRunKind: ["config-error"], lastPassExit: 2, runs: runs({ pass: 7, rollback: 1, retry: 1, "config-error": 3 }) });
       const st = await run(["status", "--json"]);
       expect(st.code).toBe(2);
       expect(readFileSync(appMetrics(), "utf8")).toBe(m.text);
@@ -407,7 +419,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
         expect(op.code, context(op)).toBe(2);
         const after = await appMetricsNow();
         expect(binaryFacts(after, "app")).toEqual(binaryFacts(previous, "app"));
-        expect(runFacts(after)).toMatchObject({ configOk: 0, lastRunKind: ["config-error"], lastRunExit: 2, lastPassExit: 2, runs: runs({ pass: 6, rollback: 1, retry: 1, "config-error": errors }) });
+        expect(runFacts(after)).toMatchObject({ configOk: 0, lastRunKind: ["config-error"], lastRunExit: 2, lastPassExit: 2, runs: runs({ pass: 7, rollback: 1, retry: 1, "config-error": errors }) });
       }
     } finally {
       writeFileSync(app.manifest, manifest);
@@ -424,7 +436,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
       ...binaryFacts(previous, "app"), installed: short(v2), target: short(v2), targetVersion: "v2.0", upToDate: 1, updates: 3,
       downloadedBytes: binaryFacts(previous, "app").downloadedBytes! + v2.bytes.length,
     });
-    expect(runFacts(m)).toEqual({ configOk: 1, signaturesRequired: 0, lastRunKind: ["pass"], lastRunExit: 0, lastPassExit: 0, runs: runs({ pass: 7, rollback: 1, retry: 1, "config-error": 5 }) });
+    expect(runFacts(m)).toEqual({ configOk: 1, signaturesRequired: 0, lastRunKind: ["pass"], lastRunExit: 0, lastPassExit: 0, runs: runs({ pass: 8, rollback: 1, retry: 1, "config-error": 5 }) });
     expectEndedBetween(m, "bin_proxy_last_success_timestamp_seconds", r.from, r.to);
     expect(bySeries(await scraped())).toEqual(bySeries(m.samples));
     await expectStatus(m, 0);
@@ -443,7 +455,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     expect(r.stderr).toContain("event=target_unavailable");
     const m = await appMetricsNow();
     expect(binaryFacts(m, "app")).toEqual(binaryFacts(previous, "app"));
-    expect(runFacts(m)).toMatchObject({ configOk: 1, lastPassExit: 1, runs: runs({ pass: 8, rollback: 1, retry: 1, "config-error": 5 }) });
+    expect(runFacts(m)).toMatchObject({ configOk: 1, lastPassExit: 1, runs: runs({ pass: 9, rollback: 1, retry: 1, "config-error": 5 }) });
   }, 60_000);
 });
 
