@@ -1,7 +1,8 @@
 // End-to-end tests of the metrics file (SPEC §11) with the compiled executable, the fake bin-manager, a real supervisord and a real
-// node_exporter reading the file: what each kind of run leaves in it, counters that never go back, promtool's verdict on every file,
-// what `status` shows of the last pass (and that it writes nothing), and the --verbose summary line. Within each describe the tests
-// run in order, each starting from what the previous left.
+// node_exporter reading the file: what each kind of run leaves in it (a pass killed with kill -9 and broken configurations included),
+// counters that never go back, promtool's verdict on every file, what `status` shows of the last pass, of an uncommitted attempt and
+// of trusted keys (and that it writes nothing), and the --verbose summary line. Within each describe the tests run in order, each
+// starting from what the previous left.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
