@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { artifact, startBinManager, stallHeaders, status, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
-import { BIN_PROXY, hostPool, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
+import { BIN_PROXY, hostPool, runBinProxy, serviceScript, spawnBinProxy, type Host } from "../fixture/host.ts";
 import { processAlive, startSupervisor, type Program, type Supervisor } from "../fixture/supervisor.ts";
 import { events, expectDone, expectWhole, killPass, MANIFEST_LOCK, startPass, until, type Run, type Started } from "./invariants.ts";
 
@@ -128,6 +128,12 @@ function groupGone(pgid: number): boolean {
   });
 }
 
+/** A started bin-proxy command, to be waited for or killed like a pass. */
+function started(proc: ReturnType<typeof spawnBinProxy>): Started {
+  const done = Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]).then(([stdout, stderr, code]) => ({ pid: proc.pid, code, stdout, stderr }));
+  return { pid: proc.pid, done, proc };
+}
+
 /** Waits until cond holds while the pass still runs; fails when the pass ended first. */
 async function whileRunning(p: Started, cond: () => boolean | Promise<boolean>, what: string): Promise<void> {
   let ended: Run | null = null;
@@ -210,6 +216,32 @@ describe("rollback keeps the holds it did not decide", () => {
     expect(entry.hold).toBeUndefined();
     expect(entry.otherHolds).toBeUndefined();
     expect(events(rb.host, "hold_cleared").map((e) => e.version)).toEqual([short(v2), short(v3)]);
+  }, 60_000);
+
+  test("a rollback killed in its restart is finished by the next pass: reverted, reported, the version it left held", async () => {
+    // rb runs v1, with v2 kept as its previous version; the API names v1, which the finished rollback must hold.
+    bm.setTarget(rb.name, rb.v1);
+    bm.clearRequests();
+    const servicePid = await sup.pid(rb.name);
+    const p = started(spawnBinProxy(["rollback", rb.name], rb.host.env(bm.api, { SUPERVISORCTL: sup.ctl })));
+    await whileRunning(p, async () => !processAlive(servicePid) && (await sup.status(rb.name)) === "STARTING", "the rollback's restart");
+    expect((await killGroup(p)).code).toBe(137);
+    expect(expectWhole(rb.host, rb.name, [rb.v1, v2])).toEqual({ onDisk: v2.sha256, recorded: rb.v1.sha256 });
+    expect(attemptRecord(rb)).toMatchObject({ target: v2.sha256, replaced: rb.v1.sha256, source: "backup", deaths: 0 });
+
+    await sup.waitFor(rb.name, ["RUNNING"]);
+    const r = await pass(rb);
+    expect(r, context(rb, r)).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(events(rb.host, "reverted").map((e) => [e.from, e.to, e.held])).toEqual([[short(v2), short(rb.v1), short(v2)], [short(rb.v1), short(v2), short(rb.v1)]]);
+    expect(entryOf(rb)).toMatchObject({ version: v2.sha256, previousVersion: rb.v1.sha256, hold: { version: rb.v1.sha256, failures: 0, until: null } });
+    expect(existsSync(journalDir(rb))).toBe(false);
+    expect(reports(rb)).toEqual([reportOf(rb, v2)]);
+    expect(await sup.status(rb.name)).toBe("RUNNING");
+
+    bm.clearRequests();
+    expect(await pass(rb)).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(downloads(rb)).toBe(0);
+    expect(readFileSync(rb.path)).toEqual(Buffer.from(v2.bytes));
   }, 60_000);
 });
 
