@@ -35,6 +35,8 @@ export class DiskWriter {
   private filled = 0;
   /** Where the next block goes: the end of the bytes handed to the disk. */
   private written: number;
+  /** The end of the bytes whose writes are done (they are written in order). */
+  private done: number;
   /** The writes submitted and not yet done, oldest first; each settles once its buffer is spare again. */
   private readonly inFlight: Promise<void>[] = [];
   private failure: Error | null = null;
@@ -45,6 +47,7 @@ export class DiskWriter {
     opts: { from?: number; onBlock?: (block: Uint8Array) => void } = {},
   ) {
     this.written = opts.from ?? 0;
+    this.done = this.written;
     if (this.written % ALIGNMENT !== 0) throw new Error(`DiskWriter: offset ${this.written} is not ${ALIGNMENT}-aligned`);
     this.onBlock = opts.onBlock ?? (() => {});
     this.direct = setDirectIo(fd, true);
@@ -84,6 +87,17 @@ export class DiskWriter {
     return this.written;
   }
 
+  /** The end of the bytes on disk, and of those handed to the disk (the same once nothing is in flight). */
+  get progress(): { landed: number; submitted: number } {
+    return { landed: this.done, submitted: this.written };
+  }
+
+  /** Resolves when the oldest write in flight is done (at once when none is); rejects with a failed write. */
+  async nextLanding(): Promise<void> {
+    await this.inFlight[0];
+    if (this.failure) throw this.failure;
+  }
+
   /** Waits until no write is in flight; their failures are kept for write() and finish() to report. */
   async settle(): Promise<void> {
     await Promise.all(this.inFlight);
@@ -99,6 +113,7 @@ export class DiskWriter {
       try {
         if (this.failure) return; // a block after a failed one would leave a hole
         await writeFully(this.fd, buffer.subarray(0, length), offset);
+        this.done = offset + length;
         if (!this.direct) startWriteback(this.fd, offset, length);
       } finally {
         this.spare.push(buffer);

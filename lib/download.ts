@@ -140,13 +140,25 @@ class PartialFile {
   info: PartialInfo | null = null;
   /** Holds bytes no response of the current URL served in this call: a mismatch may be theirs. */
   inherited = false;
+  /** The writer of the response being received: a catch-up reads its blocks back once they land. */
+  disk: DiskWriter | null = null;
+  /**
+   * The hash covers the file's first `hashed` bytes. While kept bytes are re-hashed from disk, the
+   * rest is already being received: its blocks are only written, and the re-hash catches up with
+   * them from disk. From then on (`live`) each block is hashed as it is handed to the disk.
+   */
+  private hashed = 0;
+  private live = true;
+  private catchingUp: Promise<void> | null = null;
+  private stopping = false;
 
   private constructor(readonly path: string, readonly fd: number) {}
 
   /**
-   * Takes over the partial file a cut or a kill left, re-hashing its whole blocks, or creates an
-   * empty one. A partial that already hashes to expected (killed between its check and the
-   * install) is complete: `bytes` is then its size and `info` null.
+   * Takes over the partial file a cut or a kill left, or creates an empty one. Its whole blocks
+   * are re-hashed in the background (see hashedAll) while the rest is asked for. A partial that
+   * already hashes to expected (killed between its check and the install) is complete: `bytes`
+   * is then its size and `info` null.
    */
   static async open(path: string, expected: Sha256, maxBytes: number): Promise<{ partial: PartialFile; complete: boolean }> {
     const fd = takeExisting(path);
@@ -159,25 +171,24 @@ class PartialFile {
       const size = fstatSync(fd).size;
       const info = readPartialInfo(path);
       if (size === 0 || size > maxBytes) {
-        partial.restart();
+        await partial.restart();
         return { partial, complete: false };
       }
       const kept = keptBytes(size);
-      await readBlocks(fd, 0, kept, (block) => partial.hasher.update(block));
-      const whole = partial.hasher.copy();
-      await readBlocks(fd, kept, size - kept, (block) => whole.update(block));
+      if (info && kept > 0 && size !== info.total) {
+        // Short of the size its response announced: resumable, and not worth hashing before asking for the rest.
+        ftruncateSync(fd, kept); // a torn tail is dropped, never trusted
+        partial.resumeFrom(kept, info);
+        return { partial, complete: false };
+      }
+      // No validator to resume with, or all the bytes its response announced: whole, or worth nothing.
+      const whole = new Bun.CryptoHasher("sha256");
+      await readBlocks(fd, 0, size, (block) => whole.update(block));
       if (whole.digest("hex") === expected) {
         partial.bytes = size;
         return { partial, complete: true };
       }
-      if (!info || kept === 0) {
-        partial.restart();
-        return { partial, complete: false };
-      }
-      ftruncateSync(fd, kept); // a torn tail is dropped, never trusted
-      partial.bytes = kept;
-      partial.info = info;
-      partial.inherited = true;
+      await partial.restart();
       return { partial, complete: false };
     } catch (err) {
       closeSync(fd);
@@ -194,12 +205,70 @@ class PartialFile {
     return new PartialFile(path, fd);
   }
 
+  /** Keeps the first `kept` bytes, to be re-hashed from disk while the rest arrives. */
+  private resumeFrom(kept: number, info: PartialInfo): void {
+    this.bytes = kept;
+    this.info = info;
+    this.inherited = true;
+    this.live = false;
+    this.catchingUp = this.catchUp();
+    this.catchingUp.catch(() => {}); // awaited, and its failure reported, by hashedAll or a restart
+  }
+
+  /** Hashes what is on disk past `hashed`, until it has caught up with every block handed to the disk. */
+  private async catchUp(): Promise<void> {
+    // Its own open file: O_DIRECT is set per open file, and the writer sets its own.
+    const reader = openSync(`/proc/self/fd/${this.fd}`, constants.O_RDONLY);
+    try {
+      while (!this.stopping) {
+        const { landed, submitted } = this.disk?.progress ?? { landed: this.bytes, submitted: this.bytes };
+        if (this.hashed < landed) {
+          await readBlocks(reader, this.hashed, landed - this.hashed, (block) => {
+            if (this.stopping) throw new Error("re-hash stopped");
+            this.hasher.update(block);
+          });
+          this.hashed = landed;
+        } else if (this.hashed === submitted) {
+          this.live = true; // in the same tick as the check: no block is handed to the disk in between
+          return;
+        } else {
+          await this.disk!.nextLanding();
+        }
+      }
+    } finally {
+      closeSync(reader);
+    }
+  }
+
+  /** Sees each block as it is handed to the disk: hashed now, unless a catch-up will read it back. */
+  onBlock(block: Uint8Array): void {
+    if (!this.live) return;
+    this.hasher.update(block);
+    this.hashed += block.length;
+  }
+
+  /** Resolves once the hash covers every byte handed to the disk; rejects when the re-hash failed. */
+  async hashedAll(): Promise<void> {
+    await this.catchingUp;
+  }
+
+  private async stopCatchUp(): Promise<void> {
+    if (!this.catchingUp) return;
+    this.stopping = true;
+    await this.catchingUp.catch(() => {});
+    this.catchingUp = null;
+    this.stopping = false;
+  }
+
   /** Back to an empty file: never a mix of two responses' bytes. */
-  restart(): void {
+  async restart(): Promise<void> {
+    await this.stopCatchUp();
     removeIfPresent(infoPath(this.path));
     ftruncateSync(this.fd, 0);
     this.hasher = new Bun.CryptoHasher("sha256");
     this.bytes = 0;
+    this.hashed = 0;
+    this.live = true;
     this.info = null;
     this.inherited = false;
   }
@@ -221,12 +290,13 @@ class PartialFile {
     return this.resume() !== null;
   }
 
-  close(): void {
+  async close(): Promise<void> {
+    await this.stopCatchUp();
     closeSync(this.fd);
   }
 
-  remove(): void {
-    closeSync(this.fd);
+  async remove(): Promise<void> {
+    await this.close();
     removeIfPresent(this.path);
     removeIfPresent(infoPath(this.path));
   }
@@ -302,6 +372,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
           }
         }
         await receive(url, partial, req);
+        await partial.hashedAll();
         const actual = partial.hasher.digest("hex");
         if (actual !== req.expected) {
           throw new DownloadError(`content does not match: expected ${short(req.expected)}, got ${short(actual)} (${partial.bytes} bytes)`, "mismatch");
@@ -321,7 +392,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
           reason += "; downloading it again from byte 0";
           again = true;
         }
-        if (kind === "mismatch") partial!.restart();
+        if (kind === "mismatch") await partial!.restart();
         worthKeeping ||= kind === "cut" || kind === "unavailable";
         req.onAttemptFailed(url, reason);
         if (again) continue;
@@ -332,8 +403,8 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
     if (partial && partial.bytes > 0) partial.inherited = true;
   }
   if (partial) {
-    if (worthKeeping && partial.resumable()) partial.close();
-    else partial.remove();
+    if (worthKeeping && partial.resumable()) await partial.close();
+    else await partial.remove();
   }
   throw new DownloadError(`no source served ${short(req.expected)}: ${reasons.join("; ")}`);
 }
@@ -343,7 +414,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
  * whole file. Resolves once the body ended with every byte on disk and hashed.
  */
 async function receive(url: string, partial: PartialFile, req: DownloadRequest): Promise<void> {
-  if (partial.bytes > 0 && !partial.resumable()) partial.restart();
+  if (partial.bytes > 0 && !partial.resumable()) await partial.restart();
   const asked = partial.resume();
   const controller = new AbortController();
   let timer: Timer | undefined;
@@ -364,7 +435,7 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
     if (answer.kind === "refused") throw new DownloadError(`HTTP ${res.status}`, answer.transient ? "unavailable" : "refused");
     if (answer.kind === "ask-whole") {
       req.onResume?.(url, `started over from byte 0: ${answer.why}`);
-      partial.restart();
+      await partial.restart();
       clearTimeout(timer);
       return await receive(url, partial, req);
     }
@@ -380,14 +451,14 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
     if (answer.kind === "whole") {
       if (partial.bytes > 0) {
         req.onResume?.(url, `started over from byte 0: ${answer.why}`);
-        partial.restart();
+        await partial.restart();
       }
       partial.begin(validatorOf(res.headers), total);
     } else {
       req.onResume?.(url, `resumed at byte ${partial.bytes}${total === null ? "" : ` of ${total}`}`);
     }
     // Each block is hashed as it is handed to the disk, which writes it in the background while the next bytes arrive.
-    disk = new DiskWriter(partial.fd, { from: partial.bytes, onBlock: (block) => partial.hasher.update(block) });
+    disk = partial.disk = new DiskWriter(partial.fd, { from: partial.bytes, onBlock: (block) => partial.onBlock(block) });
     const from = partial.bytes;
     let received = 0;
     const reader = res.body.getReader();
@@ -411,14 +482,14 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
       const failure = controller.signal.aborted ? new DownloadError(errorText(controller.signal.reason), "cut") : err;
       if (failure instanceof DownloadError && failure.kind === "cut") {
         // The whole blocks written stay, with the hash of exactly them: what the next request resumes from.
-        partial.bytes = await disk.abandonTail().catch((diskErr: unknown) => {
-          partial.restart();
+        partial.bytes = await disk.abandonTail().catch(async (diskErr: unknown) => {
+          await partial.restart();
           throw diskErr;
         });
       } else {
         // Too big, or the disk failed: what was written since `from` is worth nothing, and the hash has moved past it.
         await disk.settle();
-        partial.restart();
+        await partial.restart();
       }
       throw failure;
     }
