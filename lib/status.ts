@@ -158,9 +158,13 @@ const oneLine = (text: string) => text.replace(/\s+/g, " ").trim().slice(0, 300)
 export function attention(b: BinaryStatus, unknownBecause: string | null = null): string | null {
   if (b.diskError) return `cannot hash ${b.path}: ${b.diskError}`;
   if (!b.onDisk) return `${b.path} is missing`;
-  if (b.version && b.onDisk !== b.version) return `on disk is ${short(b.onDisk)}, the manifest says ${short(b.version)}`;
+  // An open attempt explains a binary that differs from the manifest: say that, not the symptom.
   if (b.attempt?.inconsistent) return `inconsistent: ${b.attempt.inconsistent}`;
-  if (b.attempt) return `an update to ${short(b.attempt.target)} started ${b.attempt.startedAt} is not committed (${b.attempt.deaths} pass${b.attempt.deaths === 1 ? "" : "es"} died on it); the next pass resumes it`;
+  if (b.attempt) {
+    const resumed = b.attempt.deaths === 0 ? "" : `, resumed ${b.attempt.deaths} time${b.attempt.deaths === 1 ? "" : "s"} after its pass died`;
+    return `an update to ${short(b.attempt.target)} started ${b.attempt.startedAt} is not committed${resumed}; the next pass finishes it, or rolls it back at the second death`;
+  }
+  if (b.version && b.onDisk !== b.version) return `on disk is ${short(b.onDisk)}, the manifest says ${short(b.version)}`;
   if (b.supervisor && b.supervisor !== "RUNNING") return `service ${b.service} is ${b.supervisor}${unknownBecause ? `: supervisorctl said: ${unknownBecause}` : ""}`;
   return null;
 }

@@ -170,6 +170,8 @@ interface Attempt {
   holdsBefore: Pick<Entry, "hold" | "otherHolds"> | null;
   /** signature: the target's verified signature, and the installed version's (null when unsigned). */
   signed: { target: SignedTarget; installed: SignedVersion | null } | null;
+  /** download: bytes received (they count in the metrics whether the update then succeeds or not). */
+  received: number;
   /** download: the verified new file beside the binary. */
   staged: Downloaded | null;
   /** journal: the attempt as recorded; resumption starts from it. */
@@ -189,7 +191,7 @@ function newAttempt(ctx: PassContext, entry: Entry, target: Target, source: Sour
   const name = entry.binaryName;
   return {
     ctx, target, source, name, binPath: binaryPath(ctx.settings, name), startedMs: Date.now(), entry,
-    onDisk: null, lock: null, service: null, holdsBefore: null, signed: null, staged: null, record: null, backup: null, swapped: false, restarted: false,
+    onDisk: null, lock: null, service: null, holdsBefore: null, signed: null, received: 0, staged: null, record: null, backup: null, swapped: false, restarted: false,
   };
 }
 
@@ -300,6 +302,7 @@ const download: Step<Attempt, Stop> = {
     } finally {
       clearInterval(ticker);
     }
+    a.received = a.staged.bytes;
     // Before anything is swapped: an ELF this host cannot run is refused with both architectures named (SPEC §10).
     if (a.name === "bin-proxy") await checkRuns(a.staged, a.ctx.cpuArch);
     else assertRunsHere(a.staged.tempPath, a.ctx.cpuArch);
@@ -460,7 +463,7 @@ async function attempt(a: Attempt): Promise<Outcome> {
   if (!result.ok) return failed(a, result);
   switch (result.stoppedWith) {
     case undefined:
-      return { kind: "updated", downloadedBytes: downloadedBytes(a) };
+      return { kind: "updated", downloadedBytes: a.received };
     case "adopt":
       return adopt(a);
     case "finish":
@@ -526,7 +529,7 @@ async function failed(a: Attempt, result: Extract<StepsResult<Stop>, { ok: false
   }
   if (a.lock) await progress(a, "failed");
   const rolledBack = result.undo.kind === "restored" || result.step === "give-up";
-  return { kind: "failed", step: result.step, error: errorText(result.error), undo: result.undo, downloadedBytes: downloadedBytes(a), rolledBack };
+  return { kind: "failed", step: result.step, error: errorText(result.error), undo: result.undo, downloadedBytes: a.received, rolledBack };
 }
 
 /** The target is on disk and the manifest had no version (a first run on a host): record it, and tell the API. */
@@ -551,7 +554,6 @@ function hooks(a: Attempt) {
 /** The API's release name of target, for the manifest and status; null when it has none but the short hash. */
 const releaseName = (target: Target) => (target.version && target.version !== short(target.sha256) ? target.version : null);
 
-const downloadedBytes = (a: Attempt) => (a.source.kind === "download" ? (a.staged?.bytes ?? 0) : 0);
 
 function recordManifest(a: Attempt, fields: Extract<ManifestEdit, { binaryName: string }>["fields"]): void {
   updateManifest(a.ctx.settings.manifest, a.ctx.settings.lockDir, [{ binaryName: a.name, fields }]);

@@ -50,6 +50,11 @@ describe("status", () => {
     ["unreadable", row({ onDisk: null, diskError: "EACCES" }), /cannot hash/],
     ["not the manifest's version", row({ onDisk: A }), /on disk is aaaaaaaaaaaa, the manifest says bbbbbbbbbbbb/],
     ["its service not RUNNING", row({ supervisor: "FATAL" }), /service app is FATAL/],
+    // Swapped and not committed: the open attempt explains the difference, and is what is said.
+    ["an uncommitted update", row({ onDisk: A, attempt: { target: A, startedAt: "2026-12-01T10:00:00.000Z", deaths: 0 } }), /^an update to aaaaaaaaaaaa started 2026-12-01T10:00:00.000Z is not committed; the next pass finishes it/],
+    ["an update resumed once", row({ onDisk: A, attempt: { target: A, startedAt: "2026-12-01T10:00:00.000Z", deaths: 1 } }), /not committed, resumed 1 time after its pass died;/],
+    ["an update left inconsistent", row({ onDisk: A, attempt: { target: A, startedAt: "2026-12-01T10:00:00.000Z", deaths: 0, inconsistent: "install: EIO" } }), /^inconsistent: install: EIO$/],
+    ["supervisorctl gave no state", row({ supervisor: "UNKNOWN" }), /service app is UNKNOWN/],
   ])("%s needs attention", (_, b, message) => {
     expect(attention(b)).toMatch(message);
   });
