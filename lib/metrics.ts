@@ -8,7 +8,8 @@ import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
 import { COMMIT, VERSION } from "./version.ts";
 
-export const RUN_KINDS = ["pass", "status", "rollback", "retry", "config-error"] as const;
+/** The runs that write the metrics; `status` and `--dry-run` are read-only and write nothing. */
+export const RUN_KINDS = ["pass", "rollback", "retry", "config-error"] as const;
 export type RunKind = (typeof RUN_KINDS)[number];
 
 /** What one run of bin-proxy tells the metrics: filled in by the pass or the operator command that ran. */
@@ -27,7 +28,7 @@ export interface BinaryMetrics {
   name: string;
   /** SHA-256 of the file on disk after the run; null: no file. */
   installed: Sha256 | null;
-  /** The API's target; null or absent: this run did not learn it (status, an API error), so the last known one is kept. */
+  /** The API's target; null or absent: this run did not learn it (rollback, retry, an API error), so the last known one is kept. */
   target?: Sha256 | null;
   /** The API's release name for target (`data.version`). */
   targetVersion?: string;
@@ -98,7 +99,7 @@ export function metricsStatePath(stateDir: string): string {
 }
 
 export function emptyState(): MetricsState {
-  return { runs: { pass: 0, status: 0, rollback: 0, retry: 0, "config-error": 0 }, lastRun: null, lastPass: null, lastSuccessAt: null, signaturesRequired: null, binaries: {} };
+  return { runs: { pass: 0, rollback: 0, retry: 0, "config-error": 0 }, lastRun: null, lastPass: null, lastSuccessAt: null, signaturesRequired: null, binaries: {} };
 }
 
 const zeroCounters = (): Counters => ({ updates: 0, failures: 0, rollbacks: 0, downloadedBytes: 0 });
@@ -231,7 +232,7 @@ function families(state: MetricsState): Family[] {
     {
       name: "bin_proxy_last_run_kind",
       type: "gauge",
-      help: "1 for the kind of the last run (pass, status, rollback, retry, config-error), 0 for the others.",
+      help: "1 for the kind of the last run (pass, rollback, retry, config-error), 0 for the others.",
       samples: state.lastRun ? RUN_KINDS.map((kind) => ({ labels: { kind }, value: flag(state.lastRun!.kind === kind) })) : [],
     },
     ...run("bin_proxy_last_pass", "pass (a configuration error counts as a failed pass)", state.lastPass),

@@ -20,7 +20,7 @@ export interface BinaryResult {
 }
 
 export interface RunReport {
-  kind: Exclude<RunKind, "status">;
+  kind: RunKind;
   startedAt: Date;
   exitCode: number;
   /** Whether targets must be signed; null: not known (the run stopped before the keys were read). */

@@ -142,7 +142,7 @@ function runFacts(m: Metrics) {
   };
 }
 
-const runs = (counts: Partial<Record<"pass" | "status" | "rollback" | "retry" | "config-error", number>>) => ({ pass: 0, status: 0, rollback: 0, retry: 0, "config-error": 0, ...counts });
+const runs = (counts: Partial<Record<"pass" | "rollback" | "retry" | "config-error", number>>) => ({ pass: 0, rollback: 0, retry: 0, "config-error": 0, ...counts });
 const msOf = (seconds: number | undefined) => Math.round(seconds! * 1000);
 
 /** The last pass as `status --json` must show it: the file's figures, in milliseconds. */

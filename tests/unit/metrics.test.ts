@@ -123,14 +123,14 @@ describe("one host's runs, in order, on one state dir", () => {
     expect((await exporter.scrape()).length).toBeGreaterThan(0);
   });
 
-  test("`status` learns no target: the last known one and the verdict stay; the last pass stays the failed one", async () => {
-    const s = await run({ kind: "status", startedAt: minutes(4), durationMs: 12, exitCode: 0, signaturesRequired: null, binaries: [app({ installed: C, target: null, held: true, holdFailures: 1 })] });
+  test("`retry` learns no target: the last known one and the verdict stay; the last pass stays the failed one", async () => {
+    const s = await run({ kind: "retry", startedAt: minutes(4), durationMs: 12, exitCode: 0, signaturesRequired: null, binaries: [app({ installed: C, target: null, held: true, holdFailures: 1 })] });
     expect(info(s, "app")?.target).toBe(D.slice(0, 12));
     expect(value(s, "bin_proxy_binary_up_to_date", { name: "app" })).toBe(0);
     expect(value(s, "bin_proxy_signatures_required")).toBe(1);
-    expect(value(s, "bin_proxy_last_run_kind", { kind: "status" })).toBe(1);
+    expect(value(s, "bin_proxy_last_run_kind", { kind: "retry" })).toBe(1);
     expect(value(s, "bin_proxy_last_pass_exit_code")).toBe(1);
-    expect(value(s, "bin_proxy_runs_total", { kind: "status" })).toBe(1);
+    expect(value(s, "bin_proxy_runs_total", { kind: "retry" })).toBe(1);
   });
 
   test("`rollback`: back to the previous version, held by the operator (no failures), one more rollback", async () => {
@@ -203,10 +203,10 @@ describe("recordRun", () => {
     expect(readLastPass(host.stateDir)).not.toBeNull();
   });
 
-  test("no state dir yet (status on a new host): the metrics file alone is written, nothing created", async () => {
+  test("no state dir yet (retry on a new host): the metrics file alone is written, nothing created", async () => {
     const host = freshHost();
     const stateDir = join(host.root, "never-made");
-    await record(host.metricsFile, stateDir, { kind: "status", startedAt: T0, durationMs: 5, exitCode: 1, signaturesRequired: false, binaries: [app({ installed: null, target: null })] });
+    await record(host.metricsFile, stateDir, { kind: "retry", startedAt: T0, durationMs: 5, exitCode: 1, signaturesRequired: false, binaries: [app({ installed: null, target: null })] });
     expect(existsSync(stateDir)).toBe(false);
   });
 
