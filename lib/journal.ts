@@ -42,7 +42,7 @@ export type Resumption =
   | { kind: "foreign" }
   /** Swapped, then the pass died: restart and check again, counting this death. */
   | { kind: "finish"; deaths: number }
-  /** Swapped, and the passes that tried it died uncommitted twice: put the backup back and hold the target. */
+  /** Swapped, and the passes that tried it died uncommitted twice (or a give-up died after putting the backup back): the backup back, and the target held. */
   | { kind: "give-up"; deaths: number };
 
 export function judgeAttempt(record: AttemptRecord, onDisk: Sha256 | null, recorded: Sha256 | null): Resumption {
@@ -51,7 +51,9 @@ export function judgeAttempt(record: AttemptRecord, onDisk: Sha256 | null, recor
     const deaths = record.deaths + 1;
     return deaths >= MAX_UNCOMMITTED_DEATHS ? { kind: "give-up", deaths } : { kind: "finish", deaths };
   }
-  return onDisk === record.replaced ? { kind: "not-swapped" } : { kind: "foreign" };
+  if (onDisk !== record.replaced) return { kind: "foreign" };
+  // Put back by a give-up that died before it held the target: the give-up is finished, not forgotten.
+  return record.deaths >= MAX_UNCOMMITTED_DEATHS ? { kind: "give-up", deaths: record.deaths } : { kind: "not-swapped" };
 }
 
 /** Whether a pending report is still to be sent: only for the version the manifest names and no attempt is open on. */

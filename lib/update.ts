@@ -400,7 +400,7 @@ const judge: Step<Attempt, Stop> = {
       return next.kind === "committed" ? "committed" : "start-over";
     }
     a.record = { ...record, deaths: next.deaths };
-    a.swapped = true;
+    a.swapped = a.onDisk === record.target;
     const kept = record.replaced && backupPath(settings.stateDir, a.name, record.replaced);
     a.backup = kept && existsSync(kept) ? kept : null;
     log.warn("attempt_resumed", { bin: a.name, target: short(record.target), started: record.startedAt, deaths: next.deaths, next: next.kind });

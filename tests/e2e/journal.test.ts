@@ -538,3 +538,29 @@ describe("a committed host keeps no trace of the journal", () => {
     expect(existsSync(journalDir(trace))).toBe(false);
   }, 60_000);
 });
+
+describe("a give-up killed after it put the backup back", () => {
+  test("is finished by the next pass, not forgotten: the target held, nothing downloaded, the record gone", async () => {
+    const s = site("gaveup", { service: false });
+    const v2 = artifact(serviceScript({ tag: "gaveup-v2" }));
+    // What such a kill leaves: v1 back on disk and in the manifest, the record counting two deaths.
+    mkdirSync(journalDir(s), { recursive: true });
+    const record = { target: v2.sha256, targetName: short(v2), replaced: s.v1.sha256, source: "download", startedAt: new Date().toISOString(), deaths: 2 };
+    writeFileSync(join(journalDir(s), `${s.name}.attempt.json`), JSON.stringify(record));
+    bm.setTarget(s.name, v2);
+    bm.clearRequests();
+
+    const r = await pass(s);
+    expect(r.code, context(s, r)).toBe(1);
+    expect(events(s.host, "update_failed").map((e) => e.phase)).toEqual(["give-up"]);
+    expect(entryOf(s)).toMatchObject({ version: s.v1.sha256, hold: { version: v2.sha256, failures: 1 } });
+    expect(readFileSync(s.path)).toEqual(Buffer.from(s.v1.bytes));
+    expect(existsSync(journalDir(s))).toBe(false);
+    expect(downloads(s)).toBe(0);
+
+    // Held from now on, as after any give-up.
+    bm.clearRequests();
+    expect(await pass(s)).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(downloads(s)).toBe(0);
+  }, 60_000);
+});

@@ -45,6 +45,11 @@ describe("judgeAttempt", () => {
     expect(judgeAttempt(record({ deaths: 5 }), NEW, OLD)).toEqual({ kind: "give-up", deaths: 6 });
   });
 
+  test("a give-up that died after putting the backup back is finished, not forgotten: the target is still held", () => {
+    expect(judgeAttempt(record({ deaths: 2 }), OLD, OLD)).toEqual({ kind: "give-up", deaths: 2 });
+    expect(judgeAttempt(record({ deaths: 1 }), OLD, OLD)).toEqual({ kind: "not-swapped" });
+  });
+
   test("a rollback's attempt (source backup) is judged the same way", () => {
     const back = record({ target: OLD, replaced: NEW, source: "backup" });
     expect(judgeAttempt(back, OLD, NEW)).toEqual({ kind: "finish", deaths: 1 });
