@@ -49,6 +49,8 @@ export interface StatusReport {
   lastPass: { at: string; exitCode: number; durationMs: number } | null;
   /** Every target must be signed by a trusted key; false: targets are not signature-checked. */
   signaturesRequired: boolean;
+  /** SUPERVISORCTL="": updates swap binaries without restarting their services, which may still run an older one. */
+  restartsDisabled: boolean;
 }
 
 export interface StatusOptions {
@@ -71,7 +73,7 @@ export async function runStatus(settings: Settings, options: StatusOptions): Pro
     const signaturesRequired = loadTrustedKeys(settings.trustedKeys) !== null;
     const last = readLastPass(settings.stateDir);
     const lastPass = last && { at: last.at, exitCode: last.exitCode, durationMs: last.durationMs };
-    report = { binaries: await collect(settings, manifest.entries, new Date()), rejected: manifest.rejected, lastPass, signaturesRequired };
+    report = { binaries: await collect(settings, manifest.entries, new Date()), rejected: manifest.rejected, lastPass, signaturesRequired, restartsDisabled: settings.restartsDisabled };
   } catch (err) {
     if (!(err instanceof ManifestError) && !(err instanceof ConfigError)) throw err;
     options.warn(err instanceof ManifestError ? `manifest ${settings.manifest} is invalid: ${err.message}` : `configuration error: ${err.message}`);
@@ -188,7 +190,9 @@ export function formatStatus(report: StatusReport): string {
   const rows = [HEADER, ...report.binaries.map(cells)];
   const widths = HEADER.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "));
+  const unrestarted = report.restartsDisabled ? report.binaries.filter((b) => b.service && b.name !== "bin-proxy") : [];
   const notes = [
+    ...unrestarted.map((b) => `${b.name}: not restarted by bin-proxy (SUPERVISORCTL is empty): ${b.service} runs whatever binary it last started`),
     ...report.binaries.filter((b) => b.partial).map((b) => `${b.name}: a download of ${short(b.partial!.version)} can resume: ${b.partial!.bytes} of ${b.partial!.total ?? "?"} bytes kept`),
     ...report.binaries.filter((b) => b.attention).map((b) => `${b.name}: ${b.attention}`),
     ...report.rejected.map((r) => `${r.label}: entry rejected: ${r.reason}`),

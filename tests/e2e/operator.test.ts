@@ -202,6 +202,7 @@ describe("status", () => {
       rejected: [{ label: `"bad/name"`, reason: "binaries[5]: not a plain name (allowed: A-Z a-z 0-9 . _ -)" }],
       lastPass: null,
       signaturesRequired: false,
+      restartsDisabled: false,
     });
     expect(report.binaries[1].locks[0].ageSec).toBeGreaterThanOrEqual(5);
     expect(report.binaries[1].locks[0].ageSec).toBeLessThan(120);
@@ -217,8 +218,13 @@ describe("status", () => {
     expect(report.binaries.map((b: { locks: unknown[] }) => b.locks)).toEqual([[], [], [], [], []]);
     expect(existsSync(lockDir)).toBe(false);
     expect(existsSync(stateDir)).toBe(false);
+    expect(report.restartsDisabled).toBe(true);
     const text = await run(statusHost, ["status"], { SUPERVISORCTL: "" });
     expect(text.stdout.split("\n")[1]!.split(/ {2,}/)[5]).toBe("-");
+    // Each supervised binary says its service is not restarted, so an operator does not take "updated" for "running".
+    expect(text.stdout).toContain("web: not restarted by bin-proxy (SUPERVISORCTL is empty): web runs whatever binary it last started\n");
+    expect(text.stdout).toContain("down: not restarted by bin-proxy");
+    expect(text.stdout).not.toContain("tool: not restarted");
   });
 
   test("an invalid manifest is exit 2, said on stderr, nothing written", async () => {

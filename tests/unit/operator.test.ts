@@ -67,7 +67,7 @@ describe("status", () => {
     expect(cells(busy).slice(6)).toEqual(["aaaaaaaaaaaa by unknown (not recorded by bin-proxy), 700s (stale)", "aaaaaaaaaaaa held until 2026-11-25T10:20:00.000Z (2 failures)"]);
   });
   test("the table aligns its columns and lists what needs attention under it", () => {
-    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false });
+    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false, restartsDisabled: false });
     const lines = text.split("\n");
     expect(lines[0]).toMatch(/^NAME {9}SERVICE {2}ON-DISK/);
     expect(lines[1]!.indexOf("app  ")).toBe(0);
