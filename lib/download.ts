@@ -372,7 +372,11 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
           }
         }
         await receive(url, partial, req);
-        await partial.hashedAll();
+        const received = partial;
+        await received.hashedAll().catch(async (err: unknown) => {
+          await received.restart(); // the hash no longer says what the file holds
+          throw err;
+        });
         const actual = partial.hasher.digest("hex");
         if (actual !== req.expected) {
           throw new DownloadError(`content does not match: expected ${short(req.expected)}, got ${short(actual)} (${partial.bytes} bytes)`, "mismatch");
@@ -411,7 +415,8 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
 
 /**
  * One request into the partial file: for the rest of it when it can be resumed, else for the
- * whole file. Resolves once the body ended with every byte on disk and hashed.
+ * whole file. Resolves once the body ended with every byte on disk (hashed, or left to the
+ * re-hash's catch-up: see hashedAll).
  */
 async function receive(url: string, partial: PartialFile, req: DownloadRequest): Promise<void> {
   if (partial.bytes > 0 && !partial.resumable()) await partial.restart();
