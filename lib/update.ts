@@ -21,7 +21,7 @@ import { closeSync, constants, existsSync, fchmodSync, lstatSync, openSync } fro
 import { join } from "node:path";
 import type { BinManagerClient, ProgressStatus, Target } from "./api.ts";
 import type { Settings } from "./config.ts";
-import { discard, downloadVerified, partialPath, removePartials, type Downloaded } from "./download.ts";
+import { discard, downloadVerified, partialPath, removePartials, resumablePartial, type Downloaded } from "./download.ts";
 import { removeIfPresent } from "./fsx.ts";
 import { short, type HashCache, type Sha256 } from "./hash.ts";
 import { activeHoldOf, addHold, describeHold, holdAfterRollback, holdsAfterFailure } from "./hold.ts";
@@ -130,7 +130,9 @@ export async function preview(ctx: PassContext, entry: Entry, target: Target): P
       if (lock?.kind === "busy") return "busy";
       const takeover = lock === null ? "" : lock.kind === "end-holder" ? " (after ending the run past LOCK_TIMEOUT on it)" : ` (taking over its ${lock.why === "stale" ? "stale" : "dead holder's"} lock)`;
       if (decision.kind === "finish") return `would restart ${entry.serviceName || entry.binaryName} on ${short(target.sha256)} and record it${takeover}`;
-      const would = (onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`) + takeover;
+      const kept = resumablePartial(binPath, target.sha256);
+      const resume = kept ? ` (resuming a partial download: ${kept.bytes} of ${kept.total ?? "?"} bytes kept)` : "";
+      const would = (onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`) + takeover + resume;
       return ctx.trustedKeys ? `${would}; ${await previewSignature(ctx, entry, onDisk, target)}` : would;
     }
   }
@@ -298,6 +300,7 @@ const download: Step<Attempt, Stop> = {
         idleTimeoutMs: settings.httpTimeoutMs,
         policy: api.policy,
         onAttemptFailed: (url, reason) => log.warn("download_attempt_failed", { bin: a.name, url, reason }),
+        onResume: (url, what) => log.info("download_resumed", { bin: a.name, url, what }),
       });
     } finally {
       clearInterval(ticker);

@@ -115,9 +115,18 @@ describe("a download cut short continues where it stopped", () => {
     expect(first.at(-1)!.range).toBe(`bytes=${kept}-`);
     expectWhole(w.host, w.name, [w.v1, BIG]);
     expect(existsSync(w.info)).toBe(true);
+    // --dry-run and status show what a pass would resume.
+    const dry = await runBinProxy(["--dry-run"], w.host.env(bm.api));
+    // The whole size is known only when the server announced it (this fixture streams without a Content-Length).
+    const status = JSON.parse((await runBinProxy(["status", "--json"], w.host.env(bm.api))).stdout) as { binaries: { partial: { total: number | null } }[] };
+    const { total } = status.binaries[0]!.partial;
+    expect(status.binaries[0]!.partial).toEqual({ version: BIG.sha256, bytes: kept, total });
+    expect(total === null || total === SIZE).toBe(true);
+    expect(dry.stdout).toBe(`${w.name}: would update ${w.v1.sha256.slice(0, 12)} -> ${BIG.sha256.slice(0, 12)} (resuming a partial download: ${kept} of ${total ?? "?"} bytes kept)\n`);
 
     bm.clearRequests();
     expect(await pass(w)).toEqual(clean);
+    expect(w.host.log()).toMatch(new RegExp(`event=download_resumed url=\\S+ what="resumed at byte ${kept}`));
     expect(downloads(w)).toEqual([{ path: w.primary, range: `bytes=${kept}-` }]);
     expect(bm.requests.find((r) => r.path === w.primary)!.headers["if-range"]).toMatch(/^"[0-9a-f]{16}-0"$/);
     expect(bm.served(w.primary)).toBe(SIZE - kept);
