@@ -331,7 +331,8 @@ function writeResults(part: "host" | "fleet", doc: object): void {
     // first run, or a file of an older layout: nothing to keep
   }
   const kept = previous["host"] !== undefined || previous["fleet"] !== undefined ? previous : {};
-  writeFileSync(`${out}.tmp`, JSON.stringify({ ...kept, [part]: doc }, null, 2) + "\n");
+  const merged = { ...kept, [part]: doc };
+  writeFileSync(`${out}.tmp`, JSON.stringify({ host: merged["host"], fleet: merged["fleet"] }, null, 2) + "\n");
   renameSync(`${out}.tmp`, out);
   progress(`wrote ${out} (${part})`);
 }
