@@ -353,15 +353,32 @@ const newHost = () => {
   return host;
 };
 
-const cleanUp = async () => {
-  for (const undo of cleanups.splice(0).reverse()) await undo();
-  rmSync(scratch, { recursive: true, force: true });
-};
+/** Once, however often it is called: the end of the run and an interruption both wait for the same cleanup. */
+let cleaning: Promise<void> | undefined;
+const cleanUp = () =>
+  (cleaning ??= (async () => {
+    for (const undo of cleanups.reverse()) {
+      // One that fails (a tmpfs still busy) must not keep the others from running.
+      await Promise.resolve()
+        .then(undo)
+        .catch((err) => progress(`cleanup: ${(err as Error).message}`));
+    }
+    rmSync(scratch, { recursive: true, force: true });
+  })());
 // Interrupted (Ctrl-C, kill): nginx stopped, the tmpfs unmounted, nothing left in the temp dir.
-for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => void cleanUp().finally(() => process.exit(130)));
+let interrupted = false;
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  process.once(signal, () => {
+    interrupted = true;
+    void cleanUp().finally(() => process.exit(130));
+  });
+}
 try {
   if (options.fleet) await fleetBench(options);
   else await hostBench(options);
+} catch (err) {
+  // What fails once the hosts are being removed under it is not news.
+  if (!interrupted) throw err;
 } finally {
   await cleanUp();
 }
@@ -529,6 +546,7 @@ async function hostBench({ runs, bigRuns }: Options): Promise<void> {
     return sample;
   };
 
+  const twin = rel.twinLabel;
   // Resume: a pass killed when its partial reaches 90 %, then the pass that finishes it.
   const partial = join(diskHost.binDir, `.${big.name}.${big.sha}.part`);
   const resumed: { build: string; keptBytes: number; transferredBytes: number }[] = [];
@@ -566,7 +584,6 @@ async function hostBench({ runs, bigRuns }: Options): Promise<void> {
     return sample;
   };
 
-  const twin = rel.twinLabel;
   progress("warm-up updates");
   for (const [host, u] of [[diskHost, big], [midHost, mid], [tmpfsHost, big]] as const) {
     await resetTo(host, u)();
@@ -604,9 +621,9 @@ async function hostBench({ runs, bigRuns }: Options): Promise<void> {
       setup: () => rmSync(curlOut, { force: true }),
       run: () => measure(["sh", "-c", 'curl -sS -o "$1" "$2" && sha256sum "$1"', "sh", curlOut, url(big)]),
     },
-    // In this order within each round: the kill leaves the partial the next three use.
-    // Read cold through the page cache first (a reference: in this VM that costs more CPU than the
-    // hash), then again from the page cache: the hash alone, the floor the target is measured against.
+    // In this order within each round: the kill leaves the partial the next five use. It is hashed
+    // cold through the page cache first (a reference: in this VM that costs more CPU than the hash),
+    // then again from the page cache: the hash alone, the floor the target is measured against.
     { name: "hash of the kept bytes, cold through the page cache", runs: bigRuns, setup: killAt90, run: hashKept },
     { name: "hash of the kept bytes alone (Bun.CryptoHasher, page cache warm)", runs: bigRuns, run: hashKept },
     {
