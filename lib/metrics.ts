@@ -1,5 +1,5 @@
 // Owns the Prometheus textfile (SPEC §11): what a run tells it, the counters kept across runs, and the atomic 0644 write.
-import { closeSync, existsSync, readFileSync } from "node:fs";
+import { closeSync, existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { withExclusiveLock } from "./flock.ts";
 import { createExclusive, removeIfPresent, replaceAtomically, sweepOrphanTemps, tempPathFor, writeAll, writeFileAtomic } from "./fsx.ts";
@@ -467,7 +467,10 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
       problems.push(`metrics state ${statePath} is unusable (${errorText(err)}); starting from ${metricsFile ? "the last metrics file" : "zero"}`);
     }
   }
-  if (metricsFile) {
+  // The metrics file is written before the state, so a state at least as new already holds all it
+  // says; only a newer metrics file (a run that could not save the state, or was killed between the
+  // two writes) or a lost state needs it read back. That keeps a no-op pass cheap.
+  if (metricsFile && (saved === null || !notNewer(metricsFile, statePath!))) {
     try {
       const text = readText(metricsFile);
       if (text !== null) published = stateFromMetrics(parseExposition(text));
@@ -477,13 +480,6 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
   }
   const previous = saved && published ? mergeStates(saved, published) : (saved ?? published ?? emptyState());
   const next = applyRun(previous, run);
-  if (statePath) {
-    try {
-      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 });
-    } catch (err) {
-      problems.push(`cannot save ${statePath}: ${errorText(err)}`);
-    }
-  }
   if (metricsFile) {
     try {
       sweepOrphanTemps(metricsFile);
@@ -492,7 +488,23 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
       problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
     }
   }
+  if (statePath) {
+    try {
+      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 });
+    } catch (err) {
+      problems.push(`cannot save ${statePath}: ${errorText(err)}`);
+    }
+  }
   return problems.length > 0 ? problems.join("; ") : null;
+}
+
+/** Whether the file at path was last changed no later than the one at than (both present). */
+function notNewer(path: string, than: string): boolean {
+  try {
+    return statSync(path, { bigint: true }).mtimeNs <= statSync(than, { bigint: true }).mtimeNs;
+  } catch {
+    return false;
+  }
 }
 
 /**

@@ -29,16 +29,21 @@ export interface RunReport {
   results: BinaryResult[] | null;
 }
 
+/** Outcomes that leave an entry as the pass read it. */
+const UNCHANGED = new Set<Outcome["kind"]>(["up-to-date", "held", "busy"]);
+
 /** Writes the metrics file when one is configured; a failure to write it is logged, never fatal. */
 export function recordRunMetrics(settings: Settings, log: Logger, run: RunReport): void {
   if (!settings.metricsFile) return;
   const now = new Date();
-  // What is recorded now, after the run: the manifest may have changed under it.
+  // What is recorded now, after the run, when an update may have changed it; a no-op pass's entries are current.
   let recorded: Entry[] = [];
-  try {
-    recorded = readManifest(settings.manifest).entries;
-  } catch {
-    // unreadable now: the entries as the run knew them
+  if (run.results?.some((r) => r.outcome && !UNCHANGED.has(r.outcome.kind))) {
+    try {
+      recorded = readManifest(settings.manifest).entries;
+    } catch {
+      // unreadable now: the entries as the run knew them
+    }
   }
   const binaries = run.results?.map((result) => binaryMetrics(settings.stateDir, recorded.find((e) => e.binaryName === result.entry.binaryName) ?? result.entry, result, now));
   const problem = recordRun(settings.metricsFile, settings.stateDir, {

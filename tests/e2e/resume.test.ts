@@ -118,7 +118,7 @@ describe("a download cut short continues where it stopped", () => {
     // --dry-run and status show what a pass would resume.
     const dry = await runBinProxy(["--dry-run"], w.host.env(bm.api));
     // The whole size is known only when the server announced it (this fixture streams without a Content-Length).
-    const status = JSON.parse((await runBinProxy(["status", "--json"], w.host.env(bm.api))).stdout) as { binaries: { partial: { total: number | null } }[] };
+    const status = JSON.parse((await runBinProxy(["status", "--json"], w.host.env(bm.api))).stdout) as { binaries: { partial: { version: string; bytes: number; total: number | null } }[] };
     const { total } = status.binaries[0]!.partial;
     expect(status.binaries[0]!.partial).toEqual({ version: BIG.sha256, bytes: kept, total });
     expect(total === null || total === SIZE).toBe(true);
