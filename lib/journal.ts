@@ -1,5 +1,5 @@
 // Owns the update journal (SPEC §12): the record of each binary's uncommitted attempt and of its unacknowledged report, and what a later pass does with them (pure).
-import { readFileSync, rmdirSync } from "node:fs";
+import { readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { ensureDirectory, removeIfPresent, sweepOrphanTempsUnder, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
@@ -134,6 +134,15 @@ function journalFile<T extends object>(kind: string, parse: (v: unknown) => T | 
     write: (stateDir: string, name: string, value: T): void => writeJson(stateDir, path(stateDir, name), value),
     remove: (stateDir: string, name: string): void => removeJson(stateDir, path(stateDir, name)),
   };
+}
+
+/** The binaries with an attempt record, from one look at the journal directory (for a run that asks about every binary). */
+export function openAttempts(stateDir: string): Set<string> {
+  try {
+    return new Set(readdirSync(journalDir(stateDir)).filter((f) => f.endsWith(".attempt.json")).map((f) => f.slice(0, -".attempt.json".length)));
+  } catch {
+    return new Set(); // no journal directory: no attempt
+  }
 }
 
 export const { read: readAttempt, write: writeAttempt, remove: removeAttempt } = journalFile("attempt", parseAttempt);

@@ -1,8 +1,8 @@
 // Owns the Prometheus textfile (SPEC §11): what a run tells it, the counters kept across runs, and the atomic 0644 write.
-import { closeSync, existsSync, readFileSync, statSync } from "node:fs";
+import { closeSync, existsSync, fchmodSync, readFileSync, renameSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { withExclusiveLock } from "./flock.ts";
-import { createExclusive, removeIfPresent, replaceAtomically, sweepOrphanTemps, tempPathFor, writeAll, writeFileAtomic } from "./fsx.ts";
+import { createExclusive, removeIfPresent, sweepOrphanTemps, tempPathFor, writeAll, writeFileAtomic } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
 import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
@@ -425,13 +425,18 @@ function writePublicFile(dest: string, text: string): void {
   removeIfPresent(temp); // only a dead process of our own pid can have left it
   const fd = createExclusive(temp, 0o600);
   try {
-    try {
-      writeAll(fd, Buffer.from(text));
-    } catch (err) {
-      closeSync(fd);
-      throw err;
-    }
-    replaceAtomically(fd, temp, dest, { mode: 0o644, uid: process.getuid!(), gid: process.getgid!() });
+    writeAll(fd, Buffer.from(text));
+    fchmodSync(fd, 0o644);
+  } catch (err) {
+    closeSync(fd);
+    removeIfPresent(temp);
+    throw err;
+  }
+  closeSync(fd);
+  // No fsync: the file is a view of the state (which is written durably) that every run renders
+  // again; the rename alone keeps readers from ever seeing a torn file.
+  try {
+    renameSync(temp, dest);
   } catch (err) {
     removeIfPresent(temp);
     throw err;

@@ -3,7 +3,7 @@ import { isAbsolute } from "node:path";
 import type { Target } from "./api.ts";
 import type { Settings } from "./config.ts";
 import { activeHold, activeHoldOf } from "./hold.ts";
-import { readAttempt } from "./journal.ts";
+import { openAttempts } from "./journal.ts";
 import type { Logger } from "./log.ts";
 import { readManifest, type Entry } from "./manifest.ts";
 import { recordConfigError, recordRun, type BinaryEvent, type BinaryMetrics, type RunKind } from "./metrics.ts";
@@ -45,7 +45,8 @@ export function recordRunMetrics(settings: Settings, log: Logger, run: RunReport
       // unreadable now: the entries as the run knew them
     }
   }
-  const binaries = run.results?.map((result) => binaryMetrics(settings.stateDir, recorded.find((e) => e.binaryName === result.entry.binaryName) ?? result.entry, result, now));
+  const open = openAttempts(settings.stateDir);
+  const binaries = run.results?.map((result) => binaryMetrics(open, recorded.find((e) => e.binaryName === result.entry.binaryName) ?? result.entry, result, now));
   const problem = recordRun(settings.metricsFile, settings.stateDir, {
     kind: run.kind, startedAt: run.startedAt, durationMs: now.getTime() - run.startedAt.getTime(), exitCode: run.exitCode,
     signaturesRequired: run.signed, binaries: binaries ?? null,
@@ -53,7 +54,7 @@ export function recordRunMetrics(settings: Settings, log: Logger, run: RunReport
   if (problem) log.warn("metrics_not_written", { file: settings.metricsFile, error: problem });
 }
 
-function binaryMetrics(stateDir: string, entry: Entry, { target, outcome, event }: BinaryResult, now: Date): BinaryMetrics {
+function binaryMetrics(openAttempts: Set<string>, entry: Entry, { target, outcome, event }: BinaryResult, now: Date): BinaryMetrics {
   // Without a target (an operator command), the entry's own hold says whether it holds something.
   const hold = target ? activeHoldOf(entry, target.sha256, now) : entry.hold && activeHold(entry.hold, entry.hold.version, now);
   const metrics: BinaryMetrics = {
@@ -61,7 +62,7 @@ function binaryMetrics(stateDir: string, entry: Entry, { target, outcome, event 
     installed: entry.version,
     held: hold !== null,
     holdFailures: hold?.failures ?? 0,
-    uncommitted: readAttempt(stateDir, entry.binaryName) !== null,
+    uncommitted: openAttempts.has(entry.binaryName),
   };
   if (target) Object.assign(metrics, { target: target.sha256, targetVersion: target.version });
   if (event) metrics.event = event;
