@@ -72,7 +72,7 @@ export interface SignedTargetRequest {
 }
 
 export interface SignedTarget extends VerifiedRelease {
-  /** The download URL whose checksum file and signature verified: download the binary from it first. */
+  /** The download URL whose checksum file and signature verified (logged; the binary is still fetched primary first, as its signed hash binds the bytes whichever URL serves them). */
   url: string;
 }
 

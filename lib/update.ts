@@ -36,6 +36,7 @@ import { errorText, type Logger } from "./log.ts";
 import { readManifest, updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
 import { runSteps, type Step, type StepsResult, type Undo } from "./phases.ts";
 import { assertRunsHere } from "./elf.ts";
+import { describe } from "./http.ts";
 import { formatSignedTime, type TrustedKeys } from "./minisign.ts";
 import { readSignatureRecord, signedVersionOf, verifySignedTarget, writeSignatureRecord, type SignedTarget, type SignedVersion } from "./signature.ts";
 import { checkServiceAnswers, restartAndCheck, ServiceUnavailable, type ServiceCheck } from "./service.ts";
@@ -278,6 +279,7 @@ const signature: Step<Attempt, Stop> = {
       onAttemptFailed: (url, reason) => log.warn("signature_attempt_failed", { bin: a.name, url, reason }),
     });
     a.signed = { target, installed };
+    log.info("signature_verified", { bin: a.name, target: short(a.target.sha256), key: target.keyId, signed: formatSignedTime(target.timestamp), url: describe(target.url) });
   },
 };
 

@@ -6,6 +6,7 @@ import { dirname, join } from "node:path";
 import { API_PREFIX, artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { selfUpdateBuilds, hostPool, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
 import { makeKeyPair, publishSigned, requireMinisign, sign, timestampComment, writeTrustedKeys, type ChecksumOptions, type KeyPair, type SignOptions } from "../fixture/minisign.ts";
+import { formatSignedTime } from "../../lib/minisign.ts";
 import { events, MANIFEST_LOCK, sha256 } from "./invariants.ts";
 
 const MIB = 1 << 20;
@@ -104,6 +105,8 @@ async function expectInstalls(w: World, from: Artifact, to: Artifact, signer: Ke
   expect(entryOf(w).hold).toBeUndefined();
   expect(binaryGets(w.name)).toBe(1);
   expect(record(w)).toMatchObject({ version: to.sha256, timestamp: signedAt(signature), keyId: signer.id });
+  // The log says which key signed what was installed, and when it was signed.
+  expect(events(w.host, "signature_verified").at(-1)).toMatchObject({ bin: w.name, target: to.sha256.slice(0, 12), key: signer.id, signed: formatSignedTime(signedAt(signature)) });
 }
 
 /**
