@@ -22,6 +22,8 @@ export interface DownloadRequest {
   onAttemptFailed: (url: string, reason: string) => void;
   /** Told how kept bytes were used: resumed from byte N, or started over from 0 and why. */
   onResume?: (url: string, what: string) => void;
+  /** Told the size of every chunk of body received, kept or not (the metrics count bytes transferred). */
+  onReceived?: (bytes: number) => void;
 }
 
 /** A verified download: the temp file, still open so the install can fsync it without reopening. */
@@ -475,6 +477,7 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
         });
         if (done) break;
         received += value.length;
+        req.onReceived?.(value.length);
         if (from + received > req.maxBytes) throw new DownloadError(`more than MAX_DOWNLOAD_BYTES (${req.maxBytes}) bytes`);
         await disk.write(value);
       }

@@ -173,7 +173,7 @@ interface Attempt {
   holdsBefore: Pick<Entry, "hold" | "otherHolds"> | null;
   /** signature: the target's verified signature, and the installed version's (null when unsigned). */
   signed: { target: SignedTarget; installed: SignedVersion | null } | null;
-  /** download: bytes received (they count in the metrics whether the update then succeeds or not). */
+  /** download: bytes of body received from every URL tried (they count in the metrics whether the update succeeds or not). */
   received: number;
   /** download: the verified new file beside the binary. */
   staged: Downloaded | null;
@@ -303,11 +303,11 @@ const download: Step<Attempt, Stop> = {
         policy: api.policy,
         onAttemptFailed: (url, reason) => log.warn("download_attempt_failed", { bin: a.name, url, reason }),
         onResume: (url, what) => log.info("download_resumed", { bin: a.name, url, what }),
+        onReceived: (bytes) => void (a.received += bytes),
       });
     } finally {
       clearInterval(ticker);
     }
-    a.received = a.staged.bytes;
     // Before anything is swapped: an ELF this host cannot run is refused with both architectures named (SPEC §10).
     if (a.name === "bin-proxy") await checkRuns(a.staged, a.ctx.cpuArch);
     else assertRunsHere(a.staged.tempPath, a.ctx.cpuArch);
