@@ -471,12 +471,12 @@ async function attempt(a: Attempt): Promise<Outcome> {
       return { kind: "updated", downloadedBytes: a.received };
     case "adopt":
       return adopt(a);
-    case "finish":
+    case "finish": {
       // The target is on disk and no journal names it: a pass of a bin-proxy before the journal died after its swap.
-    {
       const orphan: AttemptRecord = { target: a.target.sha256, targetName: a.target.version, replaced: a.entry.version, source: a.source.kind, startedAt: new Date().toISOString(), deaths: 0 };
       const resumed = await resume(a.ctx, a.entry, orphan);
-      return resumed === "start-over" ? { kind: "up-to-date" } : resumed;
+      // Starting over would mean the binary changed back meanwhile (another run): the next pass decides afresh.
+      return resumed === "start-over" ? { kind: "busy" } : resumed;
     }
     case "up-to-date":
     case "held":
