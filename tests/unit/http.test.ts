@@ -81,7 +81,7 @@ describe("an answer that is the proxy's own failure", () => {
   test("407 always; a 5xx without Via; never an https answer (it came through the tunnel)", () => {
     expect(proxyRefusal(u("http://api.example/"), answer(407))).toContain("HTTP 407");
     expect(proxyRefusal(u("http://api.example:81/"), answer(500))).toBe("answered HTTP 500 itself (no Via header): it could not reach api.example:81");
-    expect(proxyRefusal(u("http://api.example/"), answer(502, { via: "1.1 squid" }))).toBeNull();
+    expect(proxyRefusal(u("http://api.example/"), answer(502, { via: "1.1 cache.example (tinyproxy/1.11.1)" }))).toBeNull();
     expect(proxyRefusal(u("http://api.example/"), answer(404))).toBeNull();
     expect(proxyRefusal(u("https://api.example/"), answer(407))).toBeNull();
   });
