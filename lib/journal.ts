@@ -1,5 +1,5 @@
 // Owns the update journal (SPEC §12): the record of each binary's uncommitted attempt and of its unacknowledged report, and what a later pass does with them (pure).
-import { readdirSync, readFileSync, rmdirSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { ensureDirectory, removeIfPresent, sweepOrphanTempsUnder, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
@@ -95,6 +95,8 @@ export function parsePendingReport(value: unknown): PendingReport | null {
 }
 
 function readJson<T>(path: string, parse: (v: unknown) => T | null): T | null {
+  // Asked for every binary on every pass, and almost always absent: no exception for the common case.
+  if (!existsSync(path)) return null;
   let text: string;
   try {
     text = readFileSync(path, "utf8");

@@ -141,16 +141,29 @@ export async function preview(ctx: PassContext, entry: Entry, target: Target): P
 
 /** What the signature step would say of target, for --dry-run. */
 async function previewSignature(ctx: PassContext, entry: Entry, onDisk: Sha256 | null, target: Target): Promise<string> {
-  const installed = signedVersionOf(readSignatureRecord(ctx.settings.stateDir, entry.binaryName), onDisk);
   try {
-    const signed = await verifySignedTarget({
-      urls: ctx.api.downloadUrls(entry.binaryName, target.sha256), binaryName: entry.binaryName, cpuArch: ctx.cpuArch, target: target.sha256,
-      keys: ctx.trustedKeys!, policy: ctx.api.policy, notBefore: installed?.timestamp ?? null,
-    });
+    const { target: signed } = await verifySignature(ctx, entry.binaryName, onDisk, target.sha256);
     return `signature verifies (key ${signed.keyId}, signed ${formatSignedTime(signed.timestamp)})`;
   } catch (err) {
     return `signature refused: ${errorText(err)}`;
   }
+}
+
+/**
+ * Verifies target's signed checksum file against the trusted keys (SPEC §9), no older than the
+ * signature of what is on disk; for the signature step and --dry-run alike.
+ */
+async function verifySignature(ctx: PassContext, name: string, onDisk: Sha256 | null, target: Sha256): Promise<{ target: SignedTarget; installed: SignedVersion | null }> {
+  const { settings, api, log, trustedKeys, cpuArch } = ctx;
+  const stored = readSignatureRecord(settings.stateDir, name);
+  if (stored.kind === "invalid") log.warn("signature_record_ignored", { bin: name, file: stored.path, reason: stored.reason });
+  const installed = signedVersionOf(stored, onDisk);
+  const signed = await verifySignedTarget({
+    urls: api.downloadUrls(name, target), binaryName: name, cpuArch, target, keys: trustedKeys!, policy: api.policy,
+    notBefore: installed?.timestamp ?? null,
+    onAttemptFailed: (url, reason) => log.warn("signature_attempt_failed", { bin: name, url, reason }),
+  });
+  return { target: signed, installed };
 }
 
 /** One binary's update in flight. Each field says which step sets it; the journal persists the part a later pass needs. */
@@ -268,18 +281,10 @@ const holdLeftVersion: Step<Attempt, Stop> = {
 const signature: Step<Attempt, Stop> = {
   name: "signature",
   async run(a) {
-    const { settings, api, log, trustedKeys, cpuArch } = a.ctx;
-    if (!trustedKeys) return;
-    const stored = readSignatureRecord(settings.stateDir, a.name);
-    if (stored.kind === "invalid") log.warn("signature_record_ignored", { bin: a.name, file: stored.path, reason: stored.reason });
-    const installed = signedVersionOf(stored, a.onDisk);
-    const target = await verifySignedTarget({
-      urls: api.downloadUrls(a.name, a.target.sha256), binaryName: a.name, cpuArch, target: a.target.sha256, keys: trustedKeys, policy: api.policy,
-      notBefore: installed?.timestamp ?? null,
-      onAttemptFailed: (url, reason) => log.warn("signature_attempt_failed", { bin: a.name, url, reason }),
-    });
-    a.signed = { target, installed };
-    log.info("signature_verified", { bin: a.name, target: short(a.target.sha256), key: target.keyId, signed: formatSignedTime(target.timestamp), url: describe(target.url) });
+    if (!a.ctx.trustedKeys) return;
+    a.signed = await verifySignature(a.ctx, a.name, a.onDisk, a.target.sha256);
+    const { keyId, timestamp, url } = a.signed.target;
+    a.ctx.log.info("signature_verified", { bin: a.name, target: short(a.target.sha256), key: keyId, signed: formatSignedTime(timestamp), url: describe(url) });
   },
 };
 
