@@ -51,15 +51,7 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
       return finish(EXIT_FAILED, null, trustedKeys !== null);
     }
   }
-  const cachePath = hashCachePath(settings.stateDir);
-  const ctx: PassContext = {
-    settings,
-    api: new BinManagerClient(settings, options.dryRun),
-    log,
-    cache: HashCache.load(cachePath),
-    trustedKeys,
-    cpuArch: hostCpuArch(),
-  };
+  const ctx = passContext(settings, log, trustedKeys, options.dryRun);
 
   await keepalive(ctx, manifest, options.dryRun);
 
@@ -101,6 +93,11 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
   );
   const exitCode = manifest.rejected.length > 0 || count("failed") > 0 || log.errorCount > 0 ? EXIT_FAILED : EXIT_OK;
   return finish(exitCode, results, trustedKeys !== null);
+}
+
+/** What every binary's update shares, for a pass and for `rollback NAME`; readOnly (--dry-run) refuses every POST. */
+export function passContext(settings: Settings, log: Logger, trustedKeys: TrustedKeys | null, readOnly: boolean): PassContext {
+  return { settings, api: new BinManagerClient(settings, readOnly), log, cache: HashCache.load(hashCachePath(settings.stateDir)), trustedKeys, cpuArch: hostCpuArch() };
 }
 
 /** The trusted keys (null: not signature-checked), or undefined after logging why the keys file is a configuration error. */

@@ -1,18 +1,16 @@
 // Owns the operator's commands on one binary: `rollback NAME` (back to the kept previous version, held there) and `retry NAME` (clear a hold).
 import { existsSync } from "node:fs";
-import { BinManagerClient } from "./api.ts";
 import type { Settings } from "./config.ts";
-import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
+import { short, type Sha256 } from "./hash.ts";
 import { backupPath } from "./install.ts";
 import { prepareLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
 import { holdsOf } from "./hold.ts";
 import { readAttempt } from "./journal.ts";
 import { readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
-import { hostCpuArch } from "./nodeinfo.ts";
 import { recordOperatorMetrics } from "./runmetrics.ts";
-import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK, trustedKeysOrLog } from "./pass.ts";
-import { updateBinary, type PassContext } from "./update.ts";
+import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK, passContext, trustedKeysOrLog } from "./pass.ts";
+import { updateBinary } from "./update.ts";
 
 export interface OperatorOptions {
   /** Tells the operator what was done (stdout). */
@@ -81,13 +79,12 @@ async function rollBack(settings: Settings, log: Logger, name: string, options: 
     log.error("rollback_refused", { bin: name, reason: errorText(err) });
     return EXIT_FAILED;
   }
-  const cache = HashCache.load(hashCachePath(settings.stateDir));
   const trustedKeys = trustedKeysOrLog(settings, log);
   if (trustedKeys === undefined) return EXIT_CONFIG;
-  const ctx: PassContext = { settings, api: new BinManagerClient(settings, false), log, cache, trustedKeys, cpuArch: hostCpuArch() };
+  const ctx = passContext(settings, log, trustedKeys, false);
   // The API has no release name for a version it no longer targets: report the short hash as its name.
   const outcome = await updateBinary(ctx, entry, { sha256: to, version: short(to) }, { kind: "backup" });
-  cache.save();
+  ctx.cache.save();
   switch (outcome.kind) {
     case "updated":
       options.print(`${name}: rolled back to ${short(to)}; the version it left is held until the API names another (bin-proxy retry ${name} lifts the hold)`);
