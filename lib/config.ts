@@ -369,7 +369,8 @@ function proxyUrl(key: Key, value: string | undefined): string | undefined {
   try {
     parsed = new URL(value.includes("://") ? value : `http://${value}`);
   } catch {
-    throw new ConfigError(`${key} must be a proxy URL such as http://proxy.example:3128, got ${JSON.stringify(value.replace(/\/\/[^@/]*@/, "//…@"))}`, key);
+    // Whatever stands before the last "@" may be a password, with or without a scheme: never quoted.
+    throw new ConfigError(`${key} must be a proxy URL such as http://proxy.example:3128, got ${JSON.stringify(value.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/is, "$1…@"))}`, key);
   }
   if (parsed.protocol !== "http:" && parsed.protocol !== "https:") throw new ConfigError(`${key} must be an http:// or https:// proxy URL`, key);
   return parsed.href;

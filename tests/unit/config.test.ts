@@ -89,6 +89,19 @@ describe("parseShellConfig", () => {
 describe("resolveSettings", () => {
   const from = (values: Record<string, string>) => (key: string) => values[key];
 
+  test("a proxy URL that does not parse is refused without quoting its credentials, with or without a scheme", () => {
+    for (const [value, shown] of [
+      ["user:s3cret@proxy:99999", '"…@proxy:99999"'],
+      ["http://user:s3cret@proxy:99999", '"http://…@proxy:99999"'],
+      ["http://proxy:99999", '"http://proxy:99999"'],
+    ]) {
+      const attempt = () => resolveSettings(from({ SUPERVISORCTL: "", NODE_NAME: "n1", https_proxy: value! }));
+      expect(attempt).toThrow(ConfigError);
+      expect(attempt).toThrow(`https_proxy must be a proxy URL such as http://proxy.example:3128, got ${shown}`);
+      expect(attempt).not.toThrow(/s3cret|user:/);
+    }
+  });
+
   test("defaults match SPEC §3", () => {
     const s = resolveSettings(from({ SUPERVISORCTL: "", NODE_NAME: "n1" }));
     expect(s).toMatchObject({
