@@ -94,8 +94,18 @@ write_cron() {
 		"# prints: nothing while all is well, the error lines of a pass that fails." \
 		"* * * * * root /usr/local/sbin/bin-proxy.sh"
 }
+# What the installer of the previous release wrote: it threw a pass's output away. Still ours: a
+# re-install replaces it with write_cron's, and --uninstall removes it.
+write_previous_cron() {
+	printf '%s\n' \
+		"# bin-proxy: one pass a minute. Written by bin-proxy's install.sh, which never overwrites it." \
+		"* * * * * root /usr/local/sbin/bin-proxy.sh >/dev/null 2>&1"
+}
+is_previous_cron() {
+	[ -f "$CRON_FILE" ] && [ ! -L "$CRON_FILE" ] && write_previous_cron | cmp -s - "$CRON_FILE"
+}
 is_our_cron() {
-	[ -f "$CRON_FILE" ] && [ ! -L "$CRON_FILE" ] && write_cron | cmp -s - "$CRON_FILE"
+	[ -f "$CRON_FILE" ] && [ ! -L "$CRON_FILE" ] && { write_cron | cmp -s - "$CRON_FILE" || is_previous_cron; }
 }
 
 # Active cron lines that mention bin-proxy, as "source<TAB>line".
@@ -299,6 +309,8 @@ preflight_install() {
 		die "$OLD and $ORIG both exist and differ: move one of them aside, then run this again"
 	fi
 	found_cron=$(cron_lines) || die "cannot read the cron configuration"
+	# The previous release's own file is the only cron line: it is rewritten (mv over it), not kept.
+	if is_previous_cron && [ "$found_cron" = "$CRON_FILE$tab* * * * * root /usr/local/sbin/bin-proxy.sh >/dev/null 2>&1" ]; then found_cron=; fi
 }
 
 write_config() {

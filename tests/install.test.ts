@@ -402,6 +402,20 @@ describe("install", () => {
     expect(served).toEqual(["v1/SHA256SUMS", `v1/${hostAsset()}`]);
   });
 
+  test("the previous release's cron file (which threw the output away) is replaced by a re-install, and removed by --uninstall", async () => {
+    const previous = "# bin-proxy: one pass a minute. Written by bin-proxy's install.sh, which never overwrites it.\n* * * * * root /usr/local/sbin/bin-proxy.sh >/dev/null 2>&1\n";
+    const root = newDir("root");
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    const current = read(root, "etc/cron.d/bin-proxy");
+    put(root, "etc/cron.d/bin-proxy", previous);
+    expectOk(await install(root, ["--release-url", url("v1")]));
+    expect(read(root, "etc/cron.d/bin-proxy")).toBe(current);
+
+    put(root, "etc/cron.d/bin-proxy", previous);
+    expectOk(await install(root, ["--uninstall"]));
+    expect(existsSync(join(root, "etc/cron.d/bin-proxy"))).toBe(false);
+  });
+
   test("the cron line it writes keeps the output, for cron to mail", async () => {
     const root = newDir("root");
     expectOk(await install(root, ["--release-url", url("v1")]));
