@@ -52,11 +52,11 @@ export function fsyncDir(dir: string): void {
  * either the old file or the complete new one. It takes fd: closed whatever happens, so no caller
  * ever closes that number again (by then it may be another file's, or a socket's).
  */
-export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta): void {
+export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta, durable = true): void {
   try {
     fchownSync(fd, meta.uid, meta.gid);
     fchmodSync(fd, meta.mode);
-    fsyncSync(fd);
+    if (durable) fsyncSync(fd);
     // rename goes by name: a run whose temp file was removed and made again by another (it was ended,
     // or the old script took its lock) must not install that other run's unfinished file.
     const ours = fstatSync(fd);
@@ -66,7 +66,7 @@ export function replaceAtomically(fd: number, tempPath: string, dest: string, me
     closeSync(fd);
   }
   renameSync(tempPath, dest);
-  fsyncDir(dirname(dest));
+  if (durable) fsyncDir(dirname(dest));
 }
 
 /** The mode and owner of path, or the fallback when there is no such file. */
@@ -85,9 +85,14 @@ export function tempPathFor(dest: string, pid = process.pid): string {
   return join(dirname(dest), `.${basename(dest)}.${pid}.tmp`);
 }
 
-/** Writes a small file atomically, keeping the mode and owner of the file it replaces. */
-export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}): void {
-  const meta = metaOf(dest, { mode: fallback.mode ?? 0o644, uid: fallback.uid ?? process.getuid!(), gid: fallback.gid ?? process.getgid!() });
+/**
+ * Writes a small file atomically, keeping the mode and owner of the file it replaces (fallback for a
+ * new one). A view that is rendered again by every run (the metrics file) asks for its own mode
+ * whatever the old file had, and no fsync: the rename alone keeps readers from ever seeing it torn.
+ */
+export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}, kind: "durable" | "view" = "durable"): void {
+  const mine = { mode: fallback.mode ?? 0o644, uid: fallback.uid ?? process.getuid!(), gid: fallback.gid ?? process.getgid!() };
+  const meta = kind === "view" ? mine : metaOf(dest, mine);
   const temp = tempPathFor(dest);
   removeIfPresent(temp); // only a dead process of our own pid can have left it
   const fd = createExclusive(temp, 0o600);
@@ -98,7 +103,7 @@ export function writeFileAtomic(dest: string, data: string | Uint8Array, fallbac
       closeSync(fd);
       throw err;
     }
-    replaceAtomically(fd, temp, dest, meta);
+    replaceAtomically(fd, temp, dest, meta, kind === "durable");
   } catch (err) {
     removeIfPresent(temp);
     throw err;

@@ -1,8 +1,8 @@
 // Owns the Prometheus textfile (SPEC §11): what a run tells it, the counters kept across runs, and the atomic 0644 write.
-import { closeSync, existsSync, fchmodSync, readFileSync, renameSync, statSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { withExclusiveLock } from "./flock.ts";
-import { createExclusive, removeIfPresent, sweepOrphanTemps, tempPathFor, writeAll, writeFileAtomic } from "./fsx.ts";
+import { sweepOrphanTemps, writeFileAtomic } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
 import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
@@ -420,29 +420,6 @@ function readText(path: string): string | null {
 }
 
 /** Writes the metrics file: atomically (never torn for node_exporter) and always 0644, since node_exporter runs as another user. */
-function writePublicFile(dest: string, text: string): void {
-  const temp = tempPathFor(dest);
-  removeIfPresent(temp); // only a dead process of our own pid can have left it
-  const fd = createExclusive(temp, 0o600);
-  try {
-    writeAll(fd, Buffer.from(text));
-    fchmodSync(fd, 0o644);
-  } catch (err) {
-    closeSync(fd);
-    removeIfPresent(temp);
-    throw err;
-  }
-  closeSync(fd);
-  // No fsync: the file is a view of the state (which is written durably) that every run renders
-  // again; the rename alone keeps readers from ever seeing a torn file.
-  try {
-    renameSync(temp, dest);
-  } catch (err) {
-    removeIfPresent(temp);
-    throw err;
-  }
-}
-
 /**
  * Records one run: merges it into the state kept under stateDir (when that directory exists) and
  * rewrites metricsFile (when set). Never throws: returns what went wrong, for the caller to log, or
@@ -488,7 +465,7 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
   if (metricsFile) {
     try {
       sweepOrphanTemps(metricsFile);
-      writePublicFile(metricsFile, renderMetrics(next));
+      writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, "view");
     } catch (err) {
       problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
     }
