@@ -3,7 +3,6 @@ import type { Settings } from "./config.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 import { describe, fetchFailure, HttpError, readCapped, request, type HttpPolicy } from "./http.ts";
 import type { NodeInfo } from "./manifest.ts";
-import { hostCpuArch } from "./nodeinfo.ts";
 
 export class ApiError extends Error {}
 
@@ -77,7 +76,7 @@ export class BinManagerClient {
    * readOnly (--dry-run): any POST is refused here, whatever the caller does. cpuArch: the
    * architecture GET /bins/{name} asks for, this host's unless a caller says otherwise.
    */
-  constructor(private readonly settings: Settings, private readonly readOnly: boolean, private readonly cpuArch: string = hostCpuArch()) {
+  constructor(private readonly settings: Settings, private readonly readOnly: boolean, private readonly cpuArch: string) {
     this.policy = { token: settings.token, tokenOrigin: new URL(settings.api).origin, timeoutMs: settings.httpTimeoutMs, proxy: settings.proxy };
   }
 

@@ -32,7 +32,6 @@ export interface Downloaded {
   fd: number;
   tempPath: string;
   bytes: number;
-  url: string;
 }
 
 /**
@@ -370,7 +369,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
           if (opened.complete) {
             partial.verified();
             req.onResume?.(url, `the kept ${partial.bytes} bytes are the whole file`);
-            return { fd: partial.fd, tempPath: req.tempPath, bytes: partial.bytes, url: req.tempPath };
+            return { fd: partial.fd, tempPath: req.tempPath, bytes: partial.bytes };
           }
         }
         await receive(url, partial, req);
@@ -384,7 +383,7 @@ export async function downloadVerified(req: DownloadRequest): Promise<Downloaded
           throw new DownloadError(`content does not match: expected ${short(req.expected)}, got ${short(actual)} (${partial.bytes} bytes)`, "mismatch");
         }
         partial.verified();
-        return { fd: partial.fd, tempPath: req.tempPath, bytes: partial.bytes, url };
+        return { fd: partial.fd, tempPath: req.tempPath, bytes: partial.bytes };
       } catch (err) {
         const kind = err instanceof DownloadError ? err.kind : "refused";
         let reason = errorText(err);

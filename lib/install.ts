@@ -67,7 +67,7 @@ export function stageBackup(backup: string, temp: string, expected: Sha256): Dow
   try {
     const actual = hashFile(temp);
     if (actual !== expected) throw new Error(`backup ${backup} is damaged: its SHA-256 is ${short(actual)}, not ${short(expected)}; refusing to install it`);
-    return { fd, tempPath: temp, bytes: fstatSync(fd).size, url: backup };
+    return { fd, tempPath: temp, bytes: fstatSync(fd).size };
   } catch (err) {
     closeSync(fd);
     removeIfPresent(temp);

@@ -97,7 +97,8 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
 
 /** What every binary's update shares, for a pass and for `rollback NAME`; readOnly (--dry-run) refuses every POST. */
 export function passContext(settings: Settings, log: Logger, trustedKeys: TrustedKeys | null, readOnly: boolean): PassContext {
-  return { settings, api: new BinManagerClient(settings, readOnly), log, cache: HashCache.load(hashCachePath(settings.stateDir)), trustedKeys, cpuArch: hostCpuArch() };
+  const cpuArch = hostCpuArch();
+  return { settings, api: new BinManagerClient(settings, readOnly, cpuArch), log, cache: HashCache.load(hashCachePath(settings.stateDir)), trustedKeys, cpuArch };
 }
 
 /** The trusted keys (null: not signature-checked), or undefined after logging why the keys file is a configuration error. */
