@@ -5,6 +5,7 @@ import { ConfigError, type Settings } from "./config.ts";
 import { partialVersion, resumablePartial } from "./download.ts";
 import { readAttempt } from "./journal.ts";
 import { readLastPass } from "./metrics.ts";
+import { formatSignedTime } from "./minisign.ts";
 import { loadTrustedKeys, readSignatureRecord, signedVersionOf } from "./signature.ts";
 import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
 import { activeHold, describeHold } from "./hold.ts";
@@ -135,7 +136,7 @@ function attemptOf(stateDir: string, name: string): BinaryStatus["attempt"] {
 
 function signedAtOf(stateDir: string, name: string, onDisk: Sha256 | null): string | null {
   const signed = signedVersionOf(readSignatureRecord(stateDir, name), onDisk);
-  return signed ? new Date(signed.timestamp * 1000).toISOString() : null;
+  return signed ? formatSignedTime(signed.timestamp) : null;
 }
 
 /** The resumable partial download of the binary at path, whichever version it is of. */

@@ -107,6 +107,10 @@ async function expectInstalls(w: World, from: Artifact, to: Artifact, signer: Ke
   expect(record(w)).toMatchObject({ version: to.sha256, timestamp: signedAt(signature), keyId: signer.id });
   // The log says which key signed what was installed, and when it was signed.
   expect(events(w.host, "signature_verified").at(-1)).toMatchObject({ bin: w.name, target: to.sha256.slice(0, 12), key: signer.id, signed: formatSignedTime(signedAt(signature)) });
+  // status says the same signed time, offline, and that signatures are required.
+  const status = JSON.parse((await run(w, ["status", "--json"])).stdout) as { signaturesRequired: boolean; binaries: { name: string; signedAt: string | null }[] };
+  expect(status.signaturesRequired).toBe(true);
+  expect(status.binaries.find((b) => b.name === w.name)!.signedAt).toBe(formatSignedTime(signedAt(signature)));
 }
 
 /**
