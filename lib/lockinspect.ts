@@ -85,12 +85,8 @@ export function sweepLockDir(lockDir: string): string[] {
  * pass see it held), so a holder is judged by its record alone.
  */
 export function previewLock(lockDir: string, name: string, sha: Sha256, timeoutSec: number): LockVerdict | null {
-  let found: ObservedLock | null;
-  try {
-    found = observeLock(join(lockDir, lockFileName(name, sha)), Math.floor(Date.now() / 1000), "leave");
-  } catch {
-    return null;
-  }
+  // A lock that cannot be read (a symlink, a directory) throws here as it does for a pass that takes it.
+  const found = observeLock(join(lockDir, lockFileName(name, sha)), Math.floor(Date.now() / 1000), "leave");
   return found && judgeLock({ ...found, timeoutSec });
 }
 

@@ -127,7 +127,12 @@ export async function preview(ctx: PassContext, entry: Entry, target: Target): P
       return describeHold(decision.hold);
     case "finish":
     case "update": {
-      const lock = previewLock(ctx.settings.lockDir, entry.binaryName, target.sha256, ctx.settings.lockTimeoutSec);
+      let lock: ReturnType<typeof previewLock>;
+      try {
+        lock = previewLock(ctx.settings.lockDir, entry.binaryName, target.sha256, ctx.settings.lockTimeoutSec);
+      } catch (err) {
+        return `would fail: its lock cannot be used: ${errorText(err)}`;
+      }
       if (lock?.kind === "busy") return "busy";
       const takeover = lock === null ? "" : lock.kind === "end-holder" ? " (after ending the run past LOCK_TIMEOUT on it)" : ` (taking over its ${lock.why === "stale" ? "stale" : "dead holder's"} lock)`;
       if (decision.kind === "finish") return `would restart ${entry.serviceName || entry.binaryName} on ${short(target.sha256)} and record it${takeover}`;

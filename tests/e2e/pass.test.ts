@@ -1,6 +1,6 @@
 // End-to-end tests of one pass: the compiled dist/bin-proxy against the fake bin-manager, a real supervisord and temp hosts.
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, join, resolve } from "node:path";
 import {
@@ -643,6 +643,23 @@ describe("locks", () => {
     expect(snapshot(host)[lockRel]).toBe(before[lockRel]!);
     expect(host.readManifest().binaries[0]).toEqual(entry("lkf", { version: v1.sha256 }));
     expect(eventsOf(host, "busy")).toHaveLength(1);
+  });
+
+  test("a symlink planted at the lock's path: --dry-run says the pass would fail on it, as the pass does; nothing is followed", async () => {
+    const { host, v1, path, lock } = lockHost("lks");
+    const decoy = join(host.root, "decoy");
+    const decoyText = `${now() - 5}\n`;
+    writeFileSync(decoy, decoyText);
+    symlinkSync(decoy, lock);
+    const dry = await pass(host, {}, ["--dry-run"]);
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toMatch(/^lks: would fail: its lock cannot be used: .*ELOOP/);
+    const r = await pass(host);
+    expect(r.code).toBe(1);
+    expect(eventsOf(host, "update_failed")[0]!.fields).toMatchObject({ bin: "lks", phase: "lock" });
+    expect(readFileSync(path)).toEqual(bytesOf(v1));
+    expect(readFileSync(decoy, "utf8")).toBe(decoyText); // never written through the link
+    expect(downloadsOf("lks")).toEqual([]);
   });
 
   test("a fresh lock whose bin-proxy holder still runs is busy; one whose recorded holder is gone is taken over", async () => {
