@@ -4,7 +4,7 @@ import { basename, dirname, join } from "node:path";
 import { createExclusive, removeIfPresent, writeFileAtomic } from "./fsx.ts";
 import { BLOCK, DiskWriter, readBlocks } from "./diskwrite.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
-import { describe, fetchFailure, request, type HttpPolicy } from "./http.ts";
+import { describe, fetchFailure, HttpError, request, type HttpPolicy } from "./http.ts";
 import { tryFlock } from "./libc.ts";
 import { errorText } from "./log.ts";
 
@@ -433,8 +433,9 @@ async function receive(url: string, partial: PartialFile, req: DownloadRequest):
     arm("no response headers");
     // identity: a range counts bytes as stored, and an encoded answer could not be appended to decoded bytes.
     const headers = asked ? { range: `bytes=${asked.offset}-`, "if-range": asked.validator, "accept-encoding": "identity" } : undefined;
+    // A refused redirect or the token rule will refuse again: only a failure that may pass keeps the partial.
     const res = await request(url, { method: "GET", signal: controller.signal, headers }, req.policy).catch((err: unknown) => {
-      throw new DownloadError(errorText(err), "unavailable");
+      throw new DownloadError(errorText(err), err instanceof HttpError && !err.transient ? "refused" : "unavailable");
     });
     const answer = judgeAnswer(res.status, res.headers, asked);
     if (answer.kind !== "append" && answer.kind !== "whole") await res.body?.cancel();

@@ -11,7 +11,16 @@ export interface HttpPolicy {
   proxy: ProxySettings;
 }
 
-export class HttpError extends Error {}
+/**
+ * A request that did not get an answer worth reading. transient: the network or a proxy failed and
+ * a later try may get through; otherwise (a refused redirect, the token rule, a proxy asking for
+ * credentials) only a change of configuration helps.
+ */
+export class HttpError extends Error {
+  constructor(message: string, readonly transient = false) {
+    super(message);
+  }
+}
 
 const MAX_REDIRECTS = 5;
 
@@ -53,12 +62,12 @@ export async function request(
         proxy: via ? { url: via, respectNoProxy: false } : false,
       });
     } catch (err) {
-      throw new HttpError(`${init.method} ${describe(current)}: ${via ? proxiedReason(err, via, init.signal) : networkReason(err, init.signal)}`);
+      throw new HttpError(`${init.method} ${describe(current)}: ${via ? proxiedReason(err, via, init.signal) : networkReason(err, init.signal)}`, true);
     }
     const refusal = via && proxyRefusal(current, res);
     if (refusal) {
       await res.body?.cancel();
-      throw new HttpError(`${init.method} ${describe(current)}: proxy failure: proxy ${proxyName(via)} ${refusal}`);
+      throw new HttpError(`${init.method} ${describe(current)}: proxy failure: proxy ${proxyName(via)} ${refusal}`, res.status !== 407);
     }
     if (res.status < 300 || res.status >= 400 || !res.headers.has("location")) return res;
     await res.body?.cancel();

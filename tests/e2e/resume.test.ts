@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { appendFileSync, closeSync, existsSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { artifact, startBinManager, status, type Artifact, type BinManager, type RangeSupport } from "../fixture/bin-manager.ts";
+import { artifact, redirect, startBinManager, status, type Artifact, type BinManager, type RangeSupport } from "../fixture/bin-manager.ts";
 import { hostPool, runBinProxy, type Host } from "../fixture/host.ts";
 import { startNginx } from "../fixture/nginx.ts";
 import { events, expectDone, expectWhole, killPass, startPass, until } from "./invariants.ts";
@@ -344,12 +344,14 @@ describe("what is not resumed is removed", () => {
     expectDone(w.host, w.name, w.v1, OTHER);
   }, 60_000);
 
-  for (const [what, primary] of [
-    ["404 from both URLs", status(404)],
-    ["wrong content, then 404", randomBytes(SIZE)],
+  for (const [name, what, primary] of [
+    ["gone", "404 from both URLs", status(404)],
+    ["wrong", "wrong content, then 404", randomBytes(SIZE)],
+    // The redirect is refused by bin-proxy's own rules: it would be refused at every pass, so the bytes are worth nothing.
+    ["astray", "a redirect to a non-http URL, then 404", redirect("ftp://mirror.example/x")],
   ] as const) {
     test(`a download failing for another reason than a cut (${what}) leaves no file behind, kept partial included`, async () => {
-      const w = world(what.startsWith("404") ? "gone" : "wrong");
+      const w = world(name);
       await cutPass(w);
       bm.setPrimary(w.name, primary);
       bm.setFallback(w.name, status(404));
@@ -363,6 +365,29 @@ describe("what is not resumed is removed", () => {
       expect(readdirSync(w.host.binDir)).toEqual([w.name]);
     }, 60_000);
   }
+});
+
+describe("a server that does not answer keeps the partial for a later pass", () => {
+  test("both URLs answer 503 after a cut: the partial and what it keeps beside it stay, and the next pass resumes", async () => {
+    const w = world("down");
+    const kept = await cutPass(w);
+    bm.setPrimary(w.name, status(503));
+    bm.setFallback(w.name, status(503));
+    try {
+      expect((await pass(w)).code).toBe(1);
+    } finally {
+      bm.setPrimary(w.name, null);
+      bm.setFallback(w.name, null);
+    }
+    expectWhole(w.host, w.name, [w.v1, BIG]);
+    expect(sizeOf(w.partial)).toBe(kept);
+    expect(existsSync(w.info)).toBe(true);
+
+    bm.clearRequests();
+    expect(await pass(w)).toEqual(clean);
+    expect(downloads(w)).toEqual([{ path: w.primary, range: `bytes=${kept}-` }]);
+    expectDone(w.host, w.name, w.v1, BIG);
+  }, 60_000);
 });
 
 describe("the fake bin-manager's ranges", () => {
