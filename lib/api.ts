@@ -1,7 +1,7 @@
 // Owns the bin-manager API: the calls of SPEC §5, and validating every answer into a typed value.
 import type { Settings } from "./config.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
-import { describe, fetchFailure, HttpError, readCapped, request, type HttpPolicy } from "./http.ts";
+import { describe, exchange, readCapped, type HttpPolicy } from "./http.ts";
 import type { NodeInfo } from "./manifest.ts";
 
 export class ApiError extends Error {}
@@ -119,19 +119,11 @@ export class BinManagerClient {
     if (method === "POST" && this.readOnly) throw new ApiError(`refusing POST ${path} in a read-only pass`);
     const url = `${this.settings.api}${path}`;
     const what = `${method} ${describe(url)}`;
-    const signal = AbortSignal.timeout(this.settings.httpTimeoutMs);
+    const bytes = await exchange(url, { method, body: body && JSON.stringify(body) }, this.policy, what, MAX_JSON_BYTES, (res) => apiMessage(res, what));
     try {
-      const res = await request(url, { method, body: body && JSON.stringify(body), signal }, this.policy);
-      if (!res.ok) throw new ApiError(`${what}: HTTP ${res.status}${await apiMessage(res, what)}`);
-      const bytes = await readCapped(res, MAX_JSON_BYTES, what);
-      try {
-        return JSON.parse(new TextDecoder().decode(bytes));
-      } catch {
-        throw new ApiError(`${what}: answer is not JSON (${bytes.length} bytes)`);
-      }
-    } catch (err) {
-      if (err instanceof ApiError || err instanceof HttpError) throw err;
-      throw new ApiError(`${what}: ${signal.aborted ? `no answer within ${this.settings.httpTimeoutMs / 1000}s` : fetchFailure(err)}`);
+      return JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      throw new ApiError(`${what}: answer is not JSON (${bytes.length} bytes)`);
     }
   }
 }

@@ -214,6 +214,34 @@ export function fetchFailure(err: unknown): string {
   return `TLS certificate refused (${text}): ${advice}`;
 }
 
+/**
+ * One whole exchange under the API's rules (SPEC §5): one timeout for all of it, and a body of at
+ * most maxBytes. A non-2xx answer is an HttpError, with what statusNote reads from it (the API's
+ * own message, a hint) appended.
+ */
+export async function exchange(
+  url: string,
+  init: { method: "GET" | "POST"; body?: string },
+  policy: HttpPolicy,
+  what: string,
+  maxBytes: number,
+  statusNote: (res: Response) => Promise<string> = async () => "",
+): Promise<Uint8Array> {
+  const signal = AbortSignal.timeout(policy.timeoutMs);
+  try {
+    const res = await request(url, { ...init, signal }, policy);
+    if (!res.ok) {
+      const note = await statusNote(res);
+      if (!res.bodyUsed) await res.body?.cancel();
+      throw new HttpError(`${what}: HTTP ${res.status}${note}`);
+    }
+    return await readCapped(res, maxBytes, what);
+  } catch (err) {
+    if (err instanceof HttpError) throw err;
+    throw new HttpError(`${what}: ${signal.aborted ? `no answer within ${policy.timeoutMs / 1000}s` : fetchFailure(err)}`, true);
+  }
+}
+
 /** Reads a body of at most maxBytes, refusing a larger one without reading it all. */
 export async function readCapped(res: Response, maxBytes: number, what: string): Promise<Uint8Array> {
   const declared = Number(res.headers.get("content-length"));

@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { ConfigError } from "./config.ts";
 import { ensureDirectory, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
-import { describe, fetchFailure, HttpError, readCapped, request, type HttpPolicy } from "./http.ts";
+import { describe, exchange, type HttpPolicy } from "./http.ts";
 import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
 import { parseTrustedKeys, SignatureError, verifyRelease, type KeyId, type TrustedKeys, type VerifiedRelease } from "./minisign.ts";
@@ -42,19 +42,8 @@ export function withPathSuffix(url: string, suffix: string): string {
 }
 
 /** GET of a small file under the API's HTTP rules: one timeout for the whole exchange, a size cap. */
-async function fetchSmall(url: string, maxBytes: number, label: string, policy: HttpPolicy): Promise<Uint8Array> {
-  const signal = AbortSignal.timeout(policy.timeoutMs);
-  try {
-    const res = await request(url, { method: "GET", signal }, policy);
-    if (!res.ok) {
-      await res.body?.cancel();
-      throw new HttpError(`${label}: HTTP ${res.status}${res.status === 404 ? " (not published beside the binary)" : ""}`);
-    }
-    return await readCapped(res, maxBytes, label);
-  } catch (err) {
-    if (err instanceof HttpError) throw err;
-    throw new HttpError(`${label}: ${signal.aborted ? `no answer within ${policy.timeoutMs / 1000}s` : fetchFailure(err)}`);
-  }
+function fetchSmall(url: string, maxBytes: number, label: string, policy: HttpPolicy): Promise<Uint8Array> {
+  return exchange(url, { method: "GET" }, policy, label, maxBytes, async (res) => (res.status === 404 ? " (not published beside the binary)" : ""));
 }
 
 export interface SignedTargetRequest {
