@@ -45,7 +45,7 @@ export interface ProxySettings {
   noProxy: string | undefined;
 }
 
-export const DEFAULT_TRUSTED_KEYS = "/etc/bin-proxy/trusted-keys";
+const DEFAULT_TRUSTED_KEYS = "/etc/bin-proxy/trusted-keys";
 
 export class ConfigError extends Error {
   /** LOG_FILE as the environment or config file set it, so that the failure can still be logged there. */

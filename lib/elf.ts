@@ -5,7 +5,7 @@ import { hostCpuArch } from "./nodeinfo.ts";
 /** ELF's identification and e_machine all lie in the first 20 bytes; 64 is the whole ELF64 header. */
 export const ELF_HEADER_BYTES = 64;
 
-export class ElfError extends Error {}
+class ElfError extends Error {}
 
 const MAGIC = [0x7f, 0x45, 0x4c, 0x46]; // "\x7fELF"
 const ELFCLASS64 = 2;

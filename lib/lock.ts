@@ -38,16 +38,16 @@ export interface VersionLock {
 }
 
 /** A lock of another version, removed; pid is the holder that was ended, if one still ran. */
-export interface ObsoleteLock {
+interface ObsoleteLock {
   version: Sha256;
   endedPid: number | null;
 }
 
-export type LockResult =
+type LockResult =
   | { kind: "acquired"; lock: VersionLock; obsolete: ObsoleteLock[] }
   | { kind: "busy"; ageSec: number; holder: string };
 
-export interface LockRequest {
+interface LockRequest {
   lockDir: string;
   name: string;
   sha: Sha256;

@@ -12,10 +12,10 @@ import { tryFlock } from "./libc.ts";
 const LOCK_DIR_TEMP = /^\..+\.(?:lock|holder)\.\d+\.tmp$/;
 
 /** A lock's facts for judgeLock (all but the timeout, which is the caller's), and the record line behind them. */
-export type ObservedLock = Omit<LockFacts, "timeoutSec"> & { line: HolderLine | null };
+type ObservedLock = Omit<LockFacts, "timeoutSec"> & { line: HolderLine | null };
 
 /** Whether observeLock tries the lock's flock (freed again at once) or leaves it alone and judges the holder by its record. */
-export type FlockProbe = "probe" | "leave";
+type FlockProbe = "probe" | "leave";
 
 /**
  * Reads the lock file at lockPath (never through a link) and what its holder record proves; null

@@ -9,7 +9,7 @@ import { nameProblem } from "./manifest.ts";
 import { COMMIT, VERSION } from "./version.ts";
 
 /** The runs that write the metrics; `status` and `--dry-run` are read-only and write nothing. */
-export const RUN_KINDS = ["pass", "rollback", "retry", "config-error"] as const;
+const RUN_KINDS = ["pass", "rollback", "retry", "config-error"] as const;
 export type RunKind = (typeof RUN_KINDS)[number];
 
 /** What one run of bin-proxy tells the metrics: filled in by the pass or the operator command that ran. */
@@ -167,7 +167,7 @@ export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState 
  * (a configuration error naming no state dir) or a state file lost to a crash or garbage never
  * makes a counter go back.
  */
-export function mergeStates(primary: MetricsState, other: MetricsState): MetricsState {
+function mergeStates(primary: MetricsState, other: MetricsState): MetricsState {
   const binaries: Record<string, BinaryState> = {};
   for (const [name, b] of Object.entries(primary.binaries)) {
     const o = other.binaries[name]?.counters ?? zeroCounters();
@@ -369,10 +369,10 @@ function parseBinary(v: unknown): BinaryState | undefined {
   return { installed, target, targetVersion: versionLabel(targetVersion), held, holdFailures, uncommitted, counters: { updates: counters.updates, failures: counters.failures, rollbacks: counters.rollbacks, downloadedBytes: counters.downloadedBytes } };
 }
 
-export class MetricsStateError extends Error {}
+class MetricsStateError extends Error {}
 
 /** Validates the state file's text into a MetricsState; throws MetricsStateError naming what is wrong. */
-export function parseMetricsState(text: string): MetricsState {
+function parseMetricsState(text: string): MetricsState {
   let doc: unknown;
   try {
     doc = JSON.parse(text);
@@ -397,7 +397,7 @@ export function parseMetricsState(text: string): MetricsState {
   return { ...state, lastRun, lastPass, lastSuccessAt: doc.lastSuccessAt as string | null, signaturesRequired: doc.signaturesRequired as boolean | null };
 }
 
-export function formatMetricsState(state: MetricsState): string {
+function formatMetricsState(state: MetricsState): string {
   return JSON.stringify({ format: STATE_FORMAT, ...state }, null, 2) + "\n";
 }
 

@@ -146,7 +146,7 @@ function verifyEd25519(key: Uint8Array, message: Uint8Array, signature: Uint8Arr
  * Checks 1–3 of SPEC §9: the key is trusted, the signature verifies over the file, and the global
  * signature over the trusted comment. Returns the key that signed.
  */
-export function verifySignature(file: Uint8Array, sig: Signature, keys: TrustedKeys, names: { file: string; signature: string }): KeyId {
+function verifySignature(file: Uint8Array, sig: Signature, keys: TrustedKeys, names: { file: string; signature: string }): KeyId {
   const candidates = keys.keys.filter((k) => k.id === sig.keyId);
   if (candidates.length === 0) {
     throw new SignatureError(`${names.signature} is signed by key ${sig.keyId}, which is not in ${keys.source} (trusted: ${keys.keys.map((k) => k.id).join(", ")})`);
@@ -164,7 +164,7 @@ export function verifySignature(file: Uint8Array, sig: Signature, keys: TrustedK
 }
 
 /** The trusted comment's `timestamp:<unix seconds>`, which minisign writes unless `-t` replaces the comment. */
-export function signedTimestamp(trustedComment: string, what: string): number {
+function signedTimestamp(trustedComment: string, what: string): number {
   const match = /(?:^|\s)timestamp:(\d{1,12})(?=\s|$)/.exec(trustedComment);
   if (!match) {
     throw new SignatureError(
@@ -180,7 +180,7 @@ export function formatSignedTime(unixSeconds: number): string {
 }
 
 /** Check 5: a signature older than the installed version's is a rollback attack. */
-export function checkNotRollback(timestamp: number, notBefore: number | null, binaryName: string): void {
+function checkNotRollback(timestamp: number, notBefore: number | null, binaryName: string): void {
   if (notBefore !== null && timestamp < notBefore) {
     throw new SignatureError(
       `${binaryName}.sha256 was signed ${formatSignedTime(timestamp)}, older than the installed version's signature of ${formatSignedTime(notBefore)}: refused as a rollback (bin-proxy rollback ${binaryName} goes back on purpose)`,
@@ -202,7 +202,7 @@ export function parseChecksums(text: string, what: string): ChecksumLine[] {
 }
 
 /** The file names a binary's release may carry: its own, or `name-linux-<cpuArch>` (one file per architecture). */
-export function releaseFileNames(binaryName: string, cpuArch: string): string[] {
+function releaseFileNames(binaryName: string, cpuArch: string): string[] {
   return [binaryName, `${binaryName}-linux-${cpuArch}`];
 }
 
@@ -211,7 +211,7 @@ export function releaseFileNames(binaryName: string, cpuArch: string): string[] 
  * architecture). A hash signed for another binary or architecture is refused (mix-and-match), and
  * so is a target the signed file does not list (an API naming what the release never signed).
  */
-export function checkListed(checksums: ChecksumLine[], check: Pick<ReleaseCheck, "binaryName" | "cpuArch" | "target">, what: string): void {
+function checkListed(checksums: ChecksumLine[], check: Pick<ReleaseCheck, "binaryName" | "cpuArch" | "target">, what: string): void {
   const names = releaseFileNames(check.binaryName, check.cpuArch);
   if (checksums.some((line) => line.sha256 === check.target && names.includes(line.fileName))) return;
   const wanted = names.map((name) => `'${name}'`).join(" or ");

@@ -9,8 +9,8 @@ import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
 import { parseTrustedKeys, SignatureError, verifyRelease, type KeyId, type TrustedKeys, type VerifiedRelease } from "./minisign.ts";
 
-export const MAX_CHECKSUM_FILE_BYTES = 64 * 1024;
-export const MAX_SIGNATURE_FILE_BYTES = 4 * 1024;
+const MAX_CHECKSUM_FILE_BYTES = 64 * 1024;
+const MAX_SIGNATURE_FILE_BYTES = 4 * 1024;
 
 /**
  * The trusted keys, or null when targets are not signature-checked: only the default file may be
@@ -131,7 +131,7 @@ function parseSignedVersion(value: unknown): SignedVersion {
   return { version, timestamp: value.timestamp as number, keyId: value.keyId };
 }
 
-export function parseSignatureRecord(text: string): SignatureRecord {
+function parseSignatureRecord(text: string): SignatureRecord {
   let value: unknown;
   try {
     value = JSON.parse(text);
