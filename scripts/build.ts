@@ -129,15 +129,17 @@ export function writeReleaseFiles(dir: string, signingKey?: string): string[] {
   writeFileAtomic(installer, readFileSync(join(root, "scripts", "install.sh")), { mode: 0o755 });
   const shipped = [...RELEASE_ASSETS.map(({ asset }) => asset), "install.sh"];
   const sums = join(dir, "SHA256SUMS");
-  writeFileAtomic(sums, shipped.map((name) => `${hashFile(join(dir, name))}  ${name}\n`).join(""));
+  // One line per file, in sha256sum's format: SHA256SUMS holds them all, each ASSET.sha256 its own.
+  const lines = new Map(shipped.map((name) => [name, `${hashFile(join(dir, name))}  ${name}\n`]));
+  writeFileAtomic(sums, [...lines.values()].join(""));
   const checksumFiles = RELEASE_ASSETS.map(({ asset }) => join(dir, `${asset}.sha256`));
   const signed = [sums, ...checksumFiles];
-  if (signingKey === undefined) {
-    for (const file of [...checksumFiles, ...signed.map((f) => `${f}.minisig`)]) rmSync(file, { force: true });
-    return [installer, sums];
-  }
+  // Signatures of an earlier build would not match these files: gone before any new one is made, so
+  // a signing that fails half-way leaves none that lie.
+  for (const file of [...checksumFiles, ...signed.map((f) => `${f}.minisig`)]) rmSync(file, { force: true });
+  if (signingKey === undefined) return [installer, sums];
   checkSigningKey(signingKey);
-  for (const [i, { asset }] of RELEASE_ASSETS.entries()) writeFileAtomic(checksumFiles[i]!, `${hashFile(join(dir, asset))}  ${asset}\n`);
+  for (const [i, { asset }] of RELEASE_ASSETS.entries()) writeFileAtomic(checksumFiles[i]!, lines.get(asset)!);
   for (const file of signed) {
     // stdin is the terminal's: a key with a password asks for it (minisign reads it itself, without echo).
     const result = Bun.spawnSync(["minisign", "-S", "-s", signingKey, "-m", file], { stdin: "inherit", stdout: "pipe", stderr: "pipe" });

@@ -195,6 +195,16 @@ describe("a signed release (BIN_PROXY_SIGNING_KEY), signed by the real minisign"
     expect(readdirSync(dir).sort()).toEqual(["SHA256SUMS", "bin-proxy-linux-aarch64", "bin-proxy-linux-x86_64", "install.sh"]);
   });
 
+  test("a signing that fails half-way (a key minisign cannot use) leaves no signature of an earlier build beside the new files", () => {
+    const dir = join(scratch, "badly-signed");
+    mkdirSync(dir);
+    for (const file of readdirSync(signed)) copyFileSync(join(signed, file), join(dir, file));
+    const broken = join(scratch, "broken.key");
+    writeFileSync(broken, "untrusted comment: not a minisign secret key\nAAAA\n");
+    expect(() => writeReleaseFiles(dir, broken)).toThrow(/minisign -S -s .*broken\.key -m .* failed/);
+    expect(readdirSync(dir).filter((f) => f.endsWith(".minisig"))).toEqual([]);
+  });
+
   test("a signing key that does not exist stops the build before anything is compiled", async () => {
     const out = join(scratch, "never");
     await expect(buildRelease(out, { signingKey: join(scratch, "no-such.key") })).rejects.toThrow(/BIN_PROXY_SIGNING_KEY names .*no-such\.key, which does not exist/);
