@@ -535,3 +535,18 @@ describe("signatures required (att, now on its target)", () => {
     expect(readFileSync(attMetrics, "utf8")).toBe(m.text);
   }, 60_000);
 });
+
+describe("a metrics file that cannot be written", () => {
+  test("is a warning of the pass, never its failure: exit 0, the binary still updated, metrics_not_written logged", async () => {
+    const host = hosts.make();
+    const v1 = artifact(serviceScript({ tag: "unwritable-v1" }));
+    bm.setTarget("unwritable", v1);
+    host.writeManifest([{ serviceName: "", binaryName: "unwritable", version: "", previousVersion: "", port: 0 }]);
+    const missingDir = join(host.root, "no-such-dir", "bin_proxy.prom");
+    const r = await runBinProxy([], host.env(bm.api, { BIN_PROXY_METRICS_FILE: missingDir }));
+    expect(r).toEqual({ code: 0, stdout: "", stderr: "" });
+    expect(readFileSync(join(host.binDir, "unwritable"))).toEqual(Buffer.from(v1.bytes));
+    expect(host.log()).toMatch(/level=warn event=metrics_not_written file=\S+no-such-dir\/bin_proxy.prom error=/);
+    expect(existsSync(join(host.root, "no-such-dir"))).toBe(false);
+  }, 60_000);
+});
