@@ -155,6 +155,19 @@ describe("a validly signed target is installed", () => {
     expect(w.host.log()).toMatch(new RegExp(`bin=${w.name} event=updated from=${short(w.installed)} to=${short(next)}`));
   });
 
+  test("a signature record that cannot be read is ignored with a warning (no rollback limit then) and written anew by the update", async () => {
+    const w = world();
+    const v2 = build(w, "v2");
+    await expectInstalls(w, w.installed, v2, release, offer(w, v2, release)!.signature);
+    w.installed = v2;
+    writeFileSync(recordPath(w), "{ not a record");
+    const v3 = build(w, "v3");
+    const signed = offer(w, v3, release)!;
+    await expectInstalls(w, v2, v3, release, signed.signature);
+    expect(events(w.host, "signature_record_ignored")).toHaveLength(1);
+    expect(record(w)).toEqual({ version: v3.sha256, timestamp: signedAt(signed.signature), keyId: release.id, previous: null });
+  });
+
   test("a keys file with two keys (a rotation), signed by the second", async () => {
     const w = world([release, rotated]);
     const next = build(w, "v2");
