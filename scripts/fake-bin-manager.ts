@@ -7,6 +7,7 @@
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { artifact, startBinManager } from "../tests/fixture/bin-manager.ts";
+import { short } from "../lib/hash.ts";
 
 const dirArg = process.argv[2];
 if (!dirArg || process.argv.length > 3) {
@@ -24,11 +25,12 @@ const served = new Map<string, string>(); // name -> sha256 of what is served no
 
 /** Serves what DIR holds now: new and changed files as new targets (version: the first 12 hex digits), removed ones forgotten. */
 function rescan(): void {
-  const names = new Set(readdirSync(dir).filter((name) => statSync(join(dir, name)).isFile()));
+  // A file removed between the listing and its stat (an editor's temp file) is simply not served.
+  const names = new Set(readdirSync(dir).filter((name) => statSync(join(dir, name), { throwIfNoEntry: false })?.isFile()));
   for (const name of names) {
     const art = artifact(readFileSync(join(dir, name)));
     if (served.get(name) === art.sha256) continue;
-    api.setTarget(name, art, art.sha256.slice(0, 12));
+    api.setTarget(name, art, short(art.sha256));
     served.set(name, art.sha256);
     console.log(`serving ${name} ${art.sha256}`);
   }
