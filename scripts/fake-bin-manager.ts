@@ -6,8 +6,8 @@
 // into DIR (or change one) and the next pass sees a new target; remove it and the API forgets it.
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { artifact, startBinManager } from "../tests/fixture/bin-manager.ts";
 import { short } from "../lib/hash.ts";
+import { artifact, startBinManager } from "../tests/fixture/bin-manager.ts";
 
 const dirArg = process.argv[2];
 if (!dirArg || process.argv.length > 3) {
