@@ -631,6 +631,16 @@ describe("the filesystem fights back", () => {
     );
   });
 
+  test("a full disk where the state lives: the journal record cannot be written, so nothing is swapped", async () => {
+    await faultCase(
+      (w) => {
+        mountOrFail(w, w.host.stateDir, ["-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs"]);
+        Bun.spawnSync(["dd", "if=/dev/zero", `of=${join(w.host.stateDir, "filler")}`, "bs=4k"], { stdout: "ignore", stderr: "ignore" });
+      },
+      { code: 1, app: "intact", next: "intact", cause: /bin=app\d+ event=update_failed phase=journal .*ENOSPC: no space left on device/ },
+    );
+  });
+
   test("BIN_DIR read-only", async () => {
     await faultCase(
       (w) => {
