@@ -2,7 +2,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
 import { appendFileSync, closeSync, existsSync, openSync, readdirSync, rmSync, statSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { artifact, redirect, startBinManager, status, type Artifact, type BinManager, type RangeSupport } from "../fixture/bin-manager.ts";
+import { artifact, redirect, startBinManager, status, type Artifact, type Behaviour, type BinManager, type RangeSupport } from "../fixture/bin-manager.ts";
 import { hostPool, runBinProxy, type Host } from "../fixture/host.ts";
 import { startNginx } from "../fixture/nginx.ts";
 import { events, expectDone, expectWhole, killPass, startPass, until } from "./invariants.ts";
@@ -333,6 +333,18 @@ describe("what cannot be appended starts over from byte 0, and still installs by
   }, 60_000);
 });
 
+/** A pass while the primary and fallback URLs serve what is given: it fails; afterwards they serve the target again. */
+async function failingPass(w: World, primary: Behaviour | Uint8Array, fallback: Behaviour | Uint8Array): Promise<void> {
+  bm.setPrimary(w.name, primary);
+  bm.setFallback(w.name, fallback);
+  try {
+    expect((await pass(w)).code).toBe(1);
+  } finally {
+    bm.setPrimary(w.name, null);
+    bm.setFallback(w.name, null);
+  }
+}
+
 describe("what is not resumed is removed", () => {
   test("the partial of another target is removed, with what it kept beside it", async () => {
     const w = world("moved");
@@ -353,14 +365,7 @@ describe("what is not resumed is removed", () => {
     test(`a download failing for another reason than a cut (${what}) leaves no file behind, kept partial included`, async () => {
       const w = world(name);
       await cutPass(w);
-      bm.setPrimary(w.name, primary);
-      bm.setFallback(w.name, status(404));
-      try {
-        expect((await pass(w)).code).toBe(1);
-      } finally {
-        bm.setPrimary(w.name, null);
-        bm.setFallback(w.name, null);
-      }
+      await failingPass(w, primary, status(404));
       expectWhole(w.host, w.name, [w.v1, BIG]);
       expect(readdirSync(w.host.binDir)).toEqual([w.name]);
     }, 60_000);
@@ -371,14 +376,7 @@ describe("a server that does not answer keeps the partial for a later pass", () 
   test("both URLs answer 503 after a cut: the partial and what it keeps beside it stay, and the next pass resumes", async () => {
     const w = world("down");
     const kept = await cutPass(w);
-    bm.setPrimary(w.name, status(503));
-    bm.setFallback(w.name, status(503));
-    try {
-      expect((await pass(w)).code).toBe(1);
-    } finally {
-      bm.setPrimary(w.name, null);
-      bm.setFallback(w.name, null);
-    }
+    await failingPass(w, status(503), status(503));
     expectWhole(w.host, w.name, [w.v1, BIG]);
     expect(sizeOf(w.partial)).toBe(kept);
     expect(existsSync(w.info)).toBe(true);
