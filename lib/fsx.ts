@@ -17,6 +17,24 @@ export function createExclusive(path: string, mode: number): number {
 }
 
 /**
+ * Creates this process's temp file (tempPathFor): only a dead process of the same pid can have left
+ * one there, so that one is removed. Removed only when found: the usual case costs one open.
+ */
+export function createTemp(temp: string, mode: number): number {
+  try {
+    return createExclusive(temp, mode);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
+    removeIfPresent(temp);
+    return createExclusive(temp, mode);
+  }
+}
+
+const UTF8 = new TextEncoder();
+/** Text as bytes: TextEncoder's first use is cheap where Buffer.from's costs a pass a tenth of a millisecond. */
+export const utf8 = (text: string): Uint8Array => UTF8.encode(text);
+
+/**
  * Creates dir (0700, missing parents too) unless it exists, and returns its lstat. A symlink or a
  * non-directory there is refused: what bin-proxy writes in dir must not land anywhere else.
  */
@@ -94,11 +112,10 @@ export function writeFileAtomic(dest: string, data: string | Uint8Array, fallbac
   const mine = { mode: fallback.mode ?? 0o644, uid: fallback.uid ?? process.getuid!(), gid: fallback.gid ?? process.getgid!() };
   const meta = kind === "view" ? mine : metaOf(dest, mine);
   const temp = tempPathFor(dest);
-  removeIfPresent(temp); // only a dead process of our own pid can have left it
-  const fd = createExclusive(temp, 0o600);
+  const fd = createTemp(temp, 0o600);
   try {
     try {
-      writeAll(fd, typeof data === "string" ? Buffer.from(data) : data);
+      writeAll(fd, typeof data === "string" ? utf8(data) : data);
     } catch (err) {
       closeSync(fd);
       throw err;

@@ -2,7 +2,7 @@
 import { closeSync, fstatSync, fsyncSync, linkSync, lstatSync, readdirSync, renameSync, type Stats } from "node:fs";
 import { join } from "node:path";
 import { inLockDir } from "./flock.ts";
-import { createExclusive, ensureDirectory, removeIfPresent, tempPathFor, writeAll } from "./fsx.ts";
+import { createTemp, ensureDirectory, removeIfPresent, tempPathFor, utf8, writeAll } from "./fsx.ts";
 import type { Sha256 } from "./hash.ts";
 import { describeHolder, holderPath, processStart, stillRuns, writeRecord, type HolderLine } from "./holder.ts";
 import { tryFlock } from "./libc.ts";
@@ -126,10 +126,9 @@ function takeStep(req: LockRequest, path: string, now: number): Step {
  */
 function placeLock(path: string, now: number, replacing: HolderLine[] | null): number | null {
   const temp = tempPathFor(path);
-  removeIfPresent(temp); // nobody else is placing a lock while we hold the directory: a killed run's leftover
-  const fd = createExclusive(temp, 0o644);
+  const fd = createTemp(temp, 0o644); // nobody else is placing a lock while we hold the directory
   try {
-    writeAll(fd, Buffer.from(`${now}\n`));
+    writeAll(fd, utf8(`${now}\n`));
     fsyncSync(fd);
     if (!tryFlock(fd)) throw new Error(`cannot flock ${temp}`);
     const mine: HolderLine = { pid: process.pid, start: processStart(process.pid) ?? "", ino: fstatSync(fd, { bigint: true }).ino.toString(), time: now };

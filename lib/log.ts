@@ -1,6 +1,6 @@
 // Owns the event log: one logfmt line per event, appended to LOG_FILE and echoed to stderr when asked.
 import { closeSync, constants, openSync } from "node:fs";
-import { writeAll } from "./fsx.ts";
+import { utf8, writeAll } from "./fsx.ts";
 
 export type Level = "info" | "warn" | "error";
 export type Fields = Record<string, string | number | boolean | undefined>;
@@ -74,7 +74,7 @@ export class Logger {
       // Root appends here: a symlink planted at the log's path must not redirect the write elsewhere.
       const fd = openSync(this.options.file, APPEND_NOFOLLOW, 0o640);
       try {
-        writeAll(fd, Buffer.from(line + "\n"));
+        writeAll(fd, utf8(line + "\n"));
       } finally {
         closeSync(fd);
       }
