@@ -19,7 +19,11 @@ export function holdsOf(entry: { hold: Hold | null; otherHolds?: Hold[] }): Hold
 
 /** The active hold on target among all of an entry's holds, or null. */
 export function activeHoldOf(entry: { hold: Hold | null; otherHolds?: Hold[] }, target: Sha256, now: Date): Hold | null {
-  return holdsOf(entry).map((h) => activeHold(h, target, now)).find((h) => h !== null) ?? null;
+  for (const hold of holdsOf(entry)) {
+    const active = activeHold(hold, target, now);
+    if (active) return active;
+  }
+  return null;
 }
 
 /** The hold after target failed: the backoff doubles with each consecutive failure of the same target. */
