@@ -25,6 +25,7 @@ export interface RunMetrics {
 }
 
 export interface BinaryMetrics {
+  /** A manifest entry's binary name, so a plain name (SPEC §4): it is shown as a label as it is. */
   name: string;
   /** SHA-256 of the file on disk after the run; null: no file. */
   installed: Sha256 | null;
@@ -93,6 +94,8 @@ const STATE_FORMAT = 1;
 const SHORT_HEX = /^[0-9a-f]{12}$/;
 /** An API release name is shown as a label: kept printable and short, so one odd value cannot bloat the file. */
 const MAX_VERSION_NAME = 64;
+const NOT_PRINTABLE = /[^\x20-\x7e]/;
+const VERSION_LABEL = new RegExp(`^[\\x20-\\x7e]{0,${MAX_VERSION_NAME}}$`);
 
 export function metricsStatePath(stateDir: string): string {
   return join(stateDir, STATE_FILE);
@@ -109,7 +112,8 @@ const count = (n: number | undefined): number => (Number.isSafeInteger(n) && n! 
 
 /** A release name as a label may show it: printable ASCII, at most MAX_VERSION_NAME characters. */
 function versionLabel(name: string | undefined): string {
-  return (name ?? "").replace(/[^\x20-\x7e]/g, "?").slice(0, MAX_VERSION_NAME);
+  const label = name ?? "";
+  return (NOT_PRINTABLE.test(label) ? label.replace(new RegExp(NOT_PRINTABLE, "g"), "?") : label).slice(0, MAX_VERSION_NAME);
 }
 
 /**
@@ -129,7 +133,6 @@ export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState 
   if (run.binaries !== null) {
     binaries = {};
     for (const b of run.binaries) {
-      if (nameProblem(b.name)) continue; // the manifest rejects such an entry; it must not make the state file unreadable
       const before = previous.binaries[b.name];
       const target = b.target ? short(b.target) : (before?.target ?? null);
       const sameTarget = target === before?.target;
@@ -140,7 +143,7 @@ export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState 
         target,
         targetVersion: b.targetVersion !== undefined ? versionLabel(b.targetVersion) : sameTarget ? (before?.targetVersion ?? "") : "",
         held: b.held,
-        holdFailures: count(b.holdFailures),
+        holdFailures: b.holdFailures,
         uncommitted: b.uncommitted,
         counters: {
           updates: c.updates + (e.updated ? 1 : 0),
@@ -196,61 +199,70 @@ function mergeStates(primary: MetricsState, other: MetricsState): MetricsState {
 // ---- the exposition text ----
 
 type Labels = Record<string, string>;
+/** A sample as the file shows it: its label set already rendered (`{k="v",…}`, or "" for none). */
+type RenderedSample = [labels: string, value: number];
 interface Family {
   name: string;
   type: "gauge" | "counter";
   help: string;
-  samples: { labels: Labels; value: number }[];
+  samples: RenderedSample[];
 }
 
-const escapeLabel = (v: string): string => v.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n");
+const NEEDS_ESCAPE = /[\\"\n]/;
+const escapeLabel = (v: string): string => (NEEDS_ESCAPE.test(v) ? v.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n") : v);
+/** A label set as the file shows it. */
+const labelSet = (labels: Labels): string => {
+  let pairs = "";
+  for (const key in labels) pairs += `${pairs === "" ? "" : ","}${key}="${escapeLabel(labels[key]!)}"`;
+  return pairs === "" ? "" : `{${pairs}}`;
+};
 const seconds = (ms: number): number => Math.round(ms) / 1000;
-const flag = (b: boolean): number => (b ? 1 : 0);
 
 function families(state: MetricsState): Family[] {
+  // Names are plain (SPEC §4: the manifest, the state file and a metrics file read back admit no other), so need no escaping.
   const names = Object.keys(state.binaries).sort();
-  const perBinary = (name: string, type: Family["type"], help: string, value: (b: BinaryState) => number | null): Family => ({
-    name,
-    type,
-    help,
-    samples: names.flatMap((n) => {
+  const perBinary = (name: string, type: Family["type"], help: string, value: (b: BinaryState) => number | null): Family => {
+    const samples: RenderedSample[] = [];
+    for (const n of names) {
       const v = value(state.binaries[n]!);
-      return v === null ? [] : [{ labels: { name: n }, value: v }];
-    }),
-  });
-  const one = (name: string, help: string, value: number | null): Family => ({ name, type: "gauge", help, samples: value === null ? [] : [{ labels: {}, value }] });
+      if (v !== null) samples.push([`{name="${n}"}`, v]);
+    }
+    return { name, type, help, samples };
+  };
+  const one = (name: string, help: string, value: number | null): Family => ({ name, type: "gauge", help, samples: value === null ? [] : [["", value]] });
+  const byKind = (value: (kind: RunKind) => number): RenderedSample[] => RUN_KINDS.map((kind) => [labelSet({ kind }), value(kind)]);
   const run = (prefix: string, what: string, r: RunRecord | null): Family[] => [
     one(`${prefix}_timestamp_seconds`, `When the last ${what} ended, in seconds since the epoch.`, r && seconds(Date.parse(r.at))),
     one(`${prefix}_duration_seconds`, `How long the last ${what} took.`, r && seconds(r.durationMs)),
     one(`${prefix}_exit_code`, `Exit status of the last ${what}: 0 ok, 1 a binary failed, 2 usage or configuration error.`, r && r.exitCode),
   ];
   const all: Family[] = [
-    { name: "bin_proxy_build_info", type: "gauge", help: "The bin-proxy build that wrote this file.", samples: [{ labels: { version: VERSION, commit: COMMIT }, value: 1 }] },
-    one("bin_proxy_config_ok", "1 when the last run could read its configuration and manifest, 0 on a configuration error.", flag(state.lastRun?.kind !== "config-error")),
-    one("bin_proxy_signatures_required", "1 when every target must be signed by a trusted key, 0 when targets are not signature-checked.", state.signaturesRequired === null ? null : flag(state.signaturesRequired)),
+    { name: "bin_proxy_build_info", type: "gauge", help: "The bin-proxy build that wrote this file.", samples: [[labelSet({ version: VERSION, commit: COMMIT }), 1]] },
+    one("bin_proxy_config_ok", "1 when the last run could read its configuration and manifest, 0 on a configuration error.", Number(state.lastRun?.kind !== "config-error")),
+    one("bin_proxy_signatures_required", "1 when every target must be signed by a trusted key, 0 when targets are not signature-checked.", state.signaturesRequired === null ? null : Number(state.signaturesRequired)),
     ...run("bin_proxy_last_run", "run of any kind", state.lastRun),
     {
       name: "bin_proxy_last_run_kind",
       type: "gauge",
       help: "1 for the kind of the last run (pass, rollback, retry, config-error), 0 for the others.",
-      samples: state.lastRun ? RUN_KINDS.map((kind) => ({ labels: { kind }, value: flag(state.lastRun!.kind === kind) })) : [],
+      samples: state.lastRun ? byKind((kind) => Number(state.lastRun!.kind === kind)) : [],
     },
     ...run("bin_proxy_last_pass", "pass (a configuration error counts as a failed pass)", state.lastPass),
     one("bin_proxy_last_success_timestamp_seconds", "When the last pass that exited 0 ended, in seconds since the epoch; 0: never.", state.lastSuccessAt ? seconds(Date.parse(state.lastSuccessAt)) : 0),
-    { name: "bin_proxy_runs_total", type: "counter", help: "Runs of bin-proxy, by kind.", samples: RUN_KINDS.map((kind) => ({ labels: { kind }, value: state.runs[kind] })) },
+    { name: "bin_proxy_runs_total", type: "counter", help: "Runs of bin-proxy, by kind.", samples: byKind((kind) => state.runs[kind]) },
     {
       name: "bin_proxy_binary_info",
       type: "gauge",
       help: "Installed and target version of each binary, as 12-hex short SHA-256 (\"\": none or not known yet), and the API's release name of the target.",
       samples: names.map((n) => {
         const b = state.binaries[n]!;
-        return { labels: { name: n, installed: b.installed ?? "", target: b.target ?? "", target_version: b.targetVersion }, value: 1 };
+        return [`{name="${n}",installed="${b.installed ?? ""}",target="${b.target ?? ""}",target_version="${escapeLabel(b.targetVersion)}"}`, 1];
       }),
     },
-    perBinary("bin_proxy_binary_up_to_date", "gauge", "1 when the installed version is the API's target, 0 when not; absent until a pass has learnt the target.", (b) => (b.target === null ? null : flag(b.installed === b.target))),
-    perBinary("bin_proxy_binary_held", "gauge", "1 while a failed or rolled-back target is held (not retried before its backoff ends).", (b) => flag(b.held)),
+    perBinary("bin_proxy_binary_up_to_date", "gauge", "1 when the installed version is the API's target, 0 when not; absent until a pass has learnt the target.", (b) => (b.target === null ? null : Number(b.installed === b.target))),
+    perBinary("bin_proxy_binary_held", "gauge", "1 while a failed or rolled-back target is held (not retried before its backoff ends).", (b) => Number(b.held)),
     perBinary("bin_proxy_binary_hold_failures", "gauge", "Consecutive failures of the held target.", (b) => b.holdFailures),
-    perBinary("bin_proxy_binary_attempt_uncommitted", "gauge", "1 when an update attempt is recorded and not committed (its pass was killed).", (b) => flag(b.uncommitted)),
+    perBinary("bin_proxy_binary_attempt_uncommitted", "gauge", "1 when an update attempt is recorded and not committed (its pass was killed).", (b) => Number(b.uncommitted)),
     perBinary("bin_proxy_updates_total", "counter", "Updates installed and committed.", (b) => b.counters.updates),
     perBinary("bin_proxy_update_failures_total", "counter", "Updates that failed (download, verification, install, restart or health check).", (b) => b.counters.failures),
     perBinary("bin_proxy_rollbacks_total", "counter", "Rollbacks, automatic or by `bin-proxy rollback`.", (b) => b.counters.rollbacks),
@@ -261,15 +273,12 @@ function families(state: MetricsState): Family[] {
 
 /** The metrics file's text (pure): HELP and TYPE lines, then the samples, in the text exposition format. */
 export function renderMetrics(state: MetricsState): string {
-  const lines: string[] = [];
+  let text = "";
   for (const f of families(state)) {
-    lines.push(`# HELP ${f.name} ${f.help.replaceAll("\\", "\\\\")}`, `# TYPE ${f.name} ${f.type}`);
-    for (const s of f.samples) {
-      const labels = Object.entries(s.labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
-      lines.push(`${f.name}${labels.length > 0 ? `{${labels.join(",")}}` : ""} ${s.value}`);
-    }
+    text += `# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${f.type}\n`;
+    for (const [labels, value] of f.samples) text += `${f.name}${labels} ${value}\n`;
   }
-  return lines.join("\n") + "\n";
+  return text;
 }
 
 // ---- reading back what earlier runs left ----
@@ -350,23 +359,37 @@ export function stateFromMetrics(samples: Sample[]): MetricsState {
 
 type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
-const isCount = (v: unknown): v is number => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 const isTime = (v: unknown): v is string => typeof v === "string" && !Number.isNaN(Date.parse(v));
-const isShortOrNull = (v: unknown): v is string | null => v === null || (typeof v === "string" && SHORT_HEX.test(v));
+
+// Each checks all the values of a record in one call. The state is read by every pass, in a process
+// too short-lived to gain from the JIT: a small helper called once per field of every binary crosses
+// the JIT's threshold and is compiled, which costs the pass more than it ever saves.
+
+/** Whether every value is a count (a non-negative safe integer). */
+function allCounts(...values: unknown[]): boolean {
+  for (const v of values) if (!Number.isSafeInteger(v) || (v as number) < 0) return false;
+  return true;
+}
+
+/** Whether every value is null or a short (12 hex) hash. */
+function allShortOrNull(...values: unknown[]): boolean {
+  for (const v of values) if (v !== null && !(typeof v === "string" && SHORT_HEX.test(v))) return false;
+  return true;
+}
 
 function parseRecord(v: unknown): RunRecord | null | undefined {
   if (v === null) return null;
-  if (!isObject(v) || !(RUN_KINDS as readonly unknown[]).includes(v.kind) || !isTime(v.at) || !isCount(v.durationMs) || !Number.isInteger(v.exitCode)) return undefined;
-  return { kind: v.kind as RunKind, at: v.at, durationMs: v.durationMs, exitCode: v.exitCode as number };
+  if (!isObject(v) || !(RUN_KINDS as readonly unknown[]).includes(v.kind) || !isTime(v.at) || !allCounts(v.durationMs) || !Number.isInteger(v.exitCode)) return undefined;
+  return { kind: v.kind as RunKind, at: v.at, durationMs: v.durationMs as number, exitCode: v.exitCode as number };
 }
 
 function parseBinary(v: unknown): BinaryState | undefined {
-  if (!isObject(v) || !isObject(v.counters)) return undefined;
-  const { installed, target, targetVersion, held, holdFailures, uncommitted, counters: c } = v;
-  if (!isShortOrNull(installed) || !isShortOrNull(target) || typeof targetVersion !== "string" || typeof held !== "boolean" || !isCount(holdFailures) || typeof uncommitted !== "boolean") return undefined;
-  if (![c.updates, c.failures, c.rollbacks, c.downloadedBytes].every(isCount)) return undefined;
-  const counters = c as unknown as Counters;
-  return { installed, target, targetVersion: versionLabel(targetVersion), held, holdFailures, uncommitted, counters: { updates: counters.updates, failures: counters.failures, rollbacks: counters.rollbacks, downloadedBytes: counters.downloadedBytes } };
+  if (!isObject(v)) return undefined;
+  const { installed, target, targetVersion, held, holdFailures, uncommitted } = v;
+  const { updates, failures, rollbacks, downloadedBytes } = (v.counters ?? {}) as Json;
+  const valid = allShortOrNull(installed, target) && typeof targetVersion === "string" && VERSION_LABEL.test(targetVersion) && typeof held === "boolean" && typeof uncommitted === "boolean";
+  if (!valid || !allCounts(holdFailures, updates, failures, rollbacks, downloadedBytes)) return undefined;
+  return { installed: installed as string | null, target: target as string | null, targetVersion, held, holdFailures: holdFailures as number, uncommitted, counters: { updates, failures, rollbacks, downloadedBytes } as Counters };
 }
 
 class MetricsStateError extends Error {}
@@ -381,7 +404,7 @@ function parseMetricsState(text: string): MetricsState {
   }
   if (!isObject(doc) || doc.format !== STATE_FORMAT) throw new MetricsStateError(`not a format ${STATE_FORMAT} metrics state`);
   const state = emptyState();
-  if (!isObject(doc.runs) || !RUN_KINDS.every((kind) => isCount((doc.runs as Json)[kind]))) throw new MetricsStateError("runs must count every run kind");
+  if (!isObject(doc.runs) || !allCounts(...RUN_KINDS.map((kind) => (doc.runs as Json)[kind]))) throw new MetricsStateError("runs must count every run kind");
   for (const kind of RUN_KINDS) state.runs[kind] = (doc.runs as Json)[kind] as number;
   const lastRun = parseRecord(doc.lastRun);
   const lastPass = parseRecord(doc.lastPass);
@@ -389,8 +412,8 @@ function parseMetricsState(text: string): MetricsState {
   if (!(doc.lastSuccessAt === null || isTime(doc.lastSuccessAt))) throw new MetricsStateError("lastSuccessAt must be null or a time");
   if (!(doc.signaturesRequired === null || typeof doc.signaturesRequired === "boolean")) throw new MetricsStateError("signaturesRequired must be null or a boolean");
   if (!isObject(doc.binaries)) throw new MetricsStateError("binaries must be an object");
-  for (const [name, raw] of Object.entries(doc.binaries)) {
-    const b = parseBinary(raw);
+  for (const name in doc.binaries) {
+    const b = parseBinary(doc.binaries[name]);
     if (nameProblem(name) || !b) throw new MetricsStateError(`binaries.${JSON.stringify(name).slice(0, 80)} is not valid`);
     state.binaries[name] = b;
   }

@@ -254,6 +254,13 @@ describe("renderMetrics", () => {
     }
   });
 
+  test("HELP texts are written as they are, so none holds a backslash or a line break", () => {
+    const state = applyRun(emptyState(), pass(T0, [app({ target: D, held: true, holdFailures: 2, uncommitted: true })]));
+    const helps = renderMetrics(state).split("\n").filter((line) => line.startsWith("# HELP "));
+    expect(helps.length).toBeGreaterThan(15);
+    expect(helps.filter((line) => line.includes("\\"))).toEqual([]);
+  });
+
   test("promtool's check is real: it refuses a counter without _total and a torn line", async () => {
     expect((await promtoolCheckMetrics("# HELP x a\n# TYPE x counter\nx 1\n")).ok).toBe(false);
     expect((await promtoolCheckMetrics(renderMetrics(emptyState()).slice(0, -20))).ok).toBe(false);
