@@ -105,12 +105,14 @@ export function tempPathFor(dest: string, pid = process.pid): string {
 
 /**
  * Writes a small file atomically, keeping the mode and owner of the file it replaces (fallback for a
- * new one). A view that is rendered again by every run (the metrics file) asks for its own mode
- * whatever the old file had, and no fsync: the rename alone keeps readers from ever seeing it torn.
+ * new one). "unsynced" is for a file that a later run writes again whole (the metrics file; the
+ * metrics state after a pass that counted nothing): it asks for its own mode whatever the old file
+ * had, and no fsync, since the rename alone keeps readers from ever seeing it torn, and a power cut
+ * at worst brings back the version before.
  */
-export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}, kind: "durable" | "view" = "durable"): void {
+export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}, kind: "durable" | "unsynced" = "durable"): void {
   const mine = { mode: fallback.mode ?? 0o644, uid: fallback.uid ?? process.getuid!(), gid: fallback.gid ?? process.getgid!() };
-  const meta = kind === "view" ? mine : metaOf(dest, mine);
+  const meta = kind === "unsynced" ? mine : metaOf(dest, mine);
   const temp = tempPathFor(dest);
   const fd = createTemp(temp, 0o600);
   try {

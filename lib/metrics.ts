@@ -488,19 +488,30 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
   if (metricsFile) {
     try {
       sweepOrphanTemps(metricsFile);
-      writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, "view");
+      writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, "unsynced");
     } catch (err) {
       problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
     }
   }
   if (statePath) {
     try {
-      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 });
+      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 }, countsAnEvent(run) ? "durable" : "unsynced");
     } catch (err) {
       problems.push(`cannot save ${statePath}: ${errorText(err)}`);
     }
   }
   return problems.length > 0 ? problems.join("; ") : null;
+}
+
+/**
+ * Whether the state must be on disk before the run ends: when the run counted something. A pass in
+ * which nothing happened to any binary only moves the pass count and times on, which the next pass
+ * records again a minute later; waiting for the disk would cost every such pass more than a power
+ * cut could lose (that one pass's record, as the metrics file itself may lose it).
+ */
+export function countsAnEvent(run: RunMetrics): boolean {
+  if (run.kind !== "pass" || run.binaries === null) return true;
+  return run.binaries.some(({ event: e }) => e !== undefined && (e.updated || e.failed || e.rolledBack || count(e.downloadedBytes) > 0));
 }
 
 /** Whether the file at path was last changed no later than the one at than (both present). */

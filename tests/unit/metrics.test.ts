@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Sha256 } from "../../lib/hash.ts";
 import {
-  metricsStatePath, parseExposition, readLastPass, recordConfigError, recordRun, renderMetrics, stateFromMetrics, applyRun, emptyState,
+  metricsStatePath, parseExposition, readLastPass, recordConfigError, recordRun, renderMetrics, stateFromMetrics, applyRun, emptyState, countsAnEvent,
   type BinaryMetrics, type RunMetrics, type Sample,
 } from "../../lib/metrics.ts";
 import { COMMIT, VERSION } from "../../lib/version.ts";
@@ -231,6 +231,22 @@ describe("recordRun", () => {
     const s = parseExposition(readFileSync(host.metricsFile, "utf8"));
     expect(s.filter((x) => x.labels.name === "worker")).toEqual([]);
     expect(info(s, "app")).toBeDefined();
+  });
+});
+
+describe("countsAnEvent: whether a run's record must reach the disk before it ends", () => {
+  test("a pass in which nothing happened to any binary does not wait for the disk", () => {
+    const untouched = { updated: false, failed: false, rolledBack: false, downloadedBytes: 0 };
+    expect(countsAnEvent(pass(T0, [app(), app({ name: "worker", event: untouched }), app({ name: "held", held: true, holdFailures: 2 })]))).toBe(false);
+    expect(countsAnEvent(pass(T0, [], { exitCode: 1 }))).toBe(false);
+  });
+
+  test("an update, a failure, a rollback or downloaded bytes does, as does every run that is not a pass", () => {
+    for (const event of [{ updated: true }, { failed: true }, { rolledBack: true }, { downloadedBytes: 1 }]) {
+      expect(countsAnEvent(pass(T0, [app(), app({ name: "worker", event })]))).toBe(true);
+    }
+    for (const kind of ["rollback", "retry", "config-error"] as const) expect(countsAnEvent(pass(T0, [app()], { kind }))).toBe(true);
+    expect(countsAnEvent(pass(T0, null, { kind: "config-error", exitCode: 2 }))).toBe(true);
   });
 });
 
