@@ -2,6 +2,7 @@
 import type { Settings } from "./config.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 import { describe, exchange, readCapped, type HttpPolicy } from "./http.ts";
+import { isObject, type Json } from "./json.ts";
 import type { NodeInfo } from "./manifest.ts";
 
 export class ApiError extends Error {}
@@ -29,8 +30,6 @@ export interface Installed {
 }
 
 const MAX_JSON_BYTES = 1 << 20;
-type Json = Record<string, unknown>;
-const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** The payload of an answer: `data` of the {code, message, data} envelope, or the whole body of a build without one. */
 export function unwrap(body: unknown): Json {

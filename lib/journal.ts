@@ -3,6 +3,7 @@ import { existsSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { ensureDirectory, removeIfPresent, sweepOrphanTempsUnder, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
+import { isObject, type Json } from "./json.ts";
 
 /**
  * An update between "about to swap" and "committed", as the journal keeps it. Written before the
@@ -65,8 +66,6 @@ export function reportDue(pending: PendingReport | null, recorded: Sha256 | null
 
 const journalDir = (stateDir: string) => join(stateDir, "journal");
 
-type Json = Record<string, unknown>;
-const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
 
 /** Validates a record read from disk; null for anything that is not one (a garbage file proves no attempt). */
 export function parseAttempt(value: unknown): AttemptRecord | null {

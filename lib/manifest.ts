@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
+import { isObject, isTime, type Json } from "./json.ts";
 import { jsonErrorPosition } from "./jsonpos.ts";
 import { withExclusiveLock } from "./flock.ts";
 import type { Logger } from "./log.ts";
@@ -58,8 +59,6 @@ export function nameProblem(name: string): string | null {
   return null;
 }
 
-type Json = Record<string, unknown>;
-const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
 
 function optionalSha(entry: Json, key: string, where: string): Sha256 | null {
   const value = entry[key];
@@ -72,7 +71,7 @@ function optionalSha(entry: Json, key: string, where: string): Sha256 | null {
 function parseHold(value: unknown, where: string): Hold | null {
   if (value === undefined || value === null) return null;
   const version = isObject(value) ? parseSha256(value.version) : null;
-  if (!isObject(value) || !version || !Number.isInteger(value.failures) || !(value.until === null || (typeof value.until === "string" && !Number.isNaN(Date.parse(value.until))))) {
+  if (!isObject(value) || !version || !Number.isInteger(value.failures) || !(value.until === null || isTime(value.until))) {
     throw new ManifestError(`${where}: hold must be {version, failures, until}, got ${JSON.stringify(value)}`);
   }
   return { version, failures: value.failures as number, until: value.until as string | null };

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { withExclusiveLock } from "./flock.ts";
 import { sweepOrphanTemps, writeFileAtomic } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
+import { isObject, isTime, type Json } from "./json.ts";
 import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
 import { COMMIT, VERSION } from "./version.ts";
@@ -357,9 +358,6 @@ export function stateFromMetrics(samples: Sample[]): MetricsState {
 
 // ---- the state file ----
 
-type Json = Record<string, unknown>;
-const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
-const isTime = (v: unknown): v is string => typeof v === "string" && !Number.isNaN(Date.parse(v));
 
 // Each checks all the values of a record in one call. The state is read by every pass, in a process
 // too short-lived to gain from the JIT: a small helper called once per field of every binary crosses
@@ -511,7 +509,7 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
  */
 export function countsAnEvent(run: RunMetrics): boolean {
   if (run.kind !== "pass" || run.binaries === null) return true;
-  return run.binaries.some(({ event: e }) => e !== undefined && (e.updated || e.failed || e.rolledBack || count(e.downloadedBytes) > 0));
+  return run.binaries.some(({ event: e }) => e !== undefined && (e.updated || e.failed || e.rolledBack || (e.downloadedBytes ?? 0) > 0));
 }
 
 /** Whether the file at path was last changed no later than the one at than (both present). */

@@ -5,6 +5,7 @@ import { ConfigError } from "./config.ts";
 import { ensureDirectory, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
 import { describe, exchange, type HttpPolicy } from "./http.ts";
+import { isObject, type Json } from "./json.ts";
 import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
 import { parseTrustedKeys, SignatureError, verifyRelease, type KeyId, type TrustedKeys, type VerifiedRelease } from "./minisign.ts";
@@ -120,8 +121,6 @@ export function signatureRecordPath(stateDir: string, name: string): string {
   return join(stateDir, "signatures", `${name}.json`);
 }
 
-type Json = Record<string, unknown>;
-const isObject = (v: unknown): v is Json => typeof v === "object" && v !== null && !Array.isArray(v);
 
 function parseSignedVersion(value: unknown): SignedVersion {
   const version = isObject(value) ? parseSha256(value.version) : null;
