@@ -14,7 +14,8 @@ export function activeHold(hold: Hold | null, target: Sha256, now: Date): Hold |
 
 /** Every hold of an entry, the newest first: the manifest's `hold`, then the `otherHolds` a rollback kept. */
 export function holdsOf(entry: { hold: Hold | null; otherHolds?: Hold[] }): Hold[] {
-  return [...(entry.hold ? [entry.hold] : []), ...(entry.otherHolds ?? [])];
+  const others = entry.otherHolds ?? [];
+  return entry.hold ? [entry.hold, ...others] : others;
 }
 
 /** The active hold on target among all of an entry's holds, or null. */

@@ -201,7 +201,10 @@ function mergeStates(primary: MetricsState, other: MetricsState): MetricsState {
 
 type Labels = Record<string, string>;
 /** A sample as the file shows it: its label set already rendered (`{k="v",…}`, or "" for none). */
-type RenderedSample = [labels: string, value: number];
+interface RenderedSample {
+  labels: string;
+  value: number;
+}
 interface Family {
   name: string;
   type: "gauge" | "counter";
@@ -221,24 +224,26 @@ const seconds = (ms: number): number => Math.round(ms) / 1000;
 
 function families(state: MetricsState): Family[] {
   // Names are plain (SPEC §4: the manifest, the state file and a metrics file read back admit no other), so need no escaping.
-  const names = Object.keys(state.binaries).sort();
+  const binaries = Object.keys(state.binaries)
+    .sort()
+    .map((name) => ({ name, labels: `{name="${name}"}`, state: state.binaries[name]! }));
   const perBinary = (name: string, type: Family["type"], help: string, value: (b: BinaryState) => number | null): Family => {
     const samples: RenderedSample[] = [];
-    for (const n of names) {
-      const v = value(state.binaries[n]!);
-      if (v !== null) samples.push([`{name="${n}"}`, v]);
+    for (const b of binaries) {
+      const v = value(b.state);
+      if (v !== null) samples.push({ labels: b.labels, value: v });
     }
     return { name, type, help, samples };
   };
-  const one = (name: string, help: string, value: number | null): Family => ({ name, type: "gauge", help, samples: value === null ? [] : [["", value]] });
-  const byKind = (value: (kind: RunKind) => number): RenderedSample[] => RUN_KINDS.map((kind) => [labelSet({ kind }), value(kind)]);
+  const one = (name: string, help: string, value: number | null): Family => ({ name, type: "gauge", help, samples: value === null ? [] : [{ labels: "", value }] });
+  const byKind = (value: (kind: RunKind) => number): RenderedSample[] => RUN_KINDS.map((kind) => ({ labels: labelSet({ kind }), value: value(kind) }));
   const run = (prefix: string, what: string, r: RunRecord | null): Family[] => [
     one(`${prefix}_timestamp_seconds`, `When the last ${what} ended, in seconds since the epoch.`, r && seconds(Date.parse(r.at))),
     one(`${prefix}_duration_seconds`, `How long the last ${what} took.`, r && seconds(r.durationMs)),
     one(`${prefix}_exit_code`, `Exit status of the last ${what}: 0 ok, 1 a binary failed, 2 usage or configuration error.`, r && r.exitCode),
   ];
   const all: Family[] = [
-    { name: "bin_proxy_build_info", type: "gauge", help: "The bin-proxy build that wrote this file.", samples: [[labelSet({ version: VERSION, commit: COMMIT }), 1]] },
+    { name: "bin_proxy_build_info", type: "gauge", help: "The bin-proxy build that wrote this file.", samples: [{ labels: labelSet({ version: VERSION, commit: COMMIT }), value: 1 }] },
     one("bin_proxy_config_ok", "1 when the last run could read its configuration and manifest, 0 on a configuration error.", Number(state.lastRun?.kind !== "config-error")),
     one("bin_proxy_signatures_required", "1 when every target must be signed by a trusted key, 0 when targets are not signature-checked.", state.signaturesRequired === null ? null : Number(state.signaturesRequired)),
     ...run("bin_proxy_last_run", "run of any kind", state.lastRun),
@@ -255,10 +260,10 @@ function families(state: MetricsState): Family[] {
       name: "bin_proxy_binary_info",
       type: "gauge",
       help: "Installed and target version of each binary, as 12-hex short SHA-256 (\"\": none or not known yet), and the API's release name of the target.",
-      samples: names.map((n) => {
-        const b = state.binaries[n]!;
-        return [`{name="${n}",installed="${b.installed ?? ""}",target="${b.target ?? ""}",target_version="${escapeLabel(b.targetVersion)}"}`, 1];
-      }),
+      samples: binaries.map(({ name, state: b }) => ({
+        labels: `{name="${name}",installed="${b.installed ?? ""}",target="${b.target ?? ""}",target_version="${escapeLabel(b.targetVersion)}"}`,
+        value: 1,
+      })),
     },
     perBinary("bin_proxy_binary_up_to_date", "gauge", "1 when the installed version is the API's target, 0 when not; absent until a pass has learnt the target.", (b) => (b.target === null ? null : Number(b.installed === b.target))),
     perBinary("bin_proxy_binary_held", "gauge", "1 while a failed or rolled-back target is held (not retried before its backoff ends).", (b) => Number(b.held)),
@@ -277,7 +282,7 @@ export function renderMetrics(state: MetricsState): string {
   let text = "";
   for (const f of families(state)) {
     text += `# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${f.type}\n`;
-    for (const [labels, value] of f.samples) text += `${f.name}${labels} ${value}\n`;
+    for (const s of f.samples) text += `${f.name}${s.labels} ${s.value}\n`;
   }
   return text;
 }

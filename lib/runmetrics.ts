@@ -37,16 +37,16 @@ export function recordRunMetrics(settings: Settings, log: Logger, run: RunReport
   if (!settings.metricsFile) return;
   const now = new Date();
   // What is recorded now, after the run, when an update may have changed it; a no-op pass's entries are current.
-  let recorded: Entry[] = [];
+  const recorded = new Map<string, Entry>();
   if (run.results?.some((r) => r.outcome && !UNCHANGED.has(r.outcome.kind))) {
     try {
-      recorded = readManifest(settings.manifest).entries;
+      for (const entry of readManifest(settings.manifest).entries) recorded.set(entry.binaryName, entry);
     } catch {
       // unreadable now: the entries as the run knew them
     }
   }
   const open = openAttempts(settings.stateDir);
-  const binaries = run.results?.map((result) => binaryMetrics(open, recorded.find((e) => e.binaryName === result.entry.binaryName) ?? result.entry, result, now));
+  const binaries = run.results?.map((result) => binaryMetrics(open, recorded.get(result.entry.binaryName) ?? result.entry, result, now));
   const problem = recordRun(settings.metricsFile, settings.stateDir, {
     kind: run.kind, startedAt: run.startedAt, durationMs: now.getTime() - run.startedAt.getTime(), exitCode: run.exitCode,
     signaturesRequired: run.signed, binaries: binaries ?? null,
