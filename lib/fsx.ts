@@ -1,6 +1,6 @@
 // Owns the file primitives every writer shares: exclusive creation, the atomic replace, and leftover sweeping.
 import {
-  closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, renameSync,
+  closeSync, constants, fchmodSync, fchownSync, fstatSync, fsyncSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync,
   statSync, unlinkSync, writeSync, type Dirent, type Stats,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
@@ -27,6 +27,16 @@ export function createTemp(temp: string, mode: number): number {
     if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw err;
     removeIfPresent(temp);
     return createExclusive(temp, mode);
+  }
+}
+
+/** The text of the file at path; a symlink there is refused (ELOOP), never followed. */
+export function readTextNoFollow(path: string): string {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+  try {
+    return readFileSync(fd, "utf8");
+  } finally {
+    closeSync(fd);
   }
 }
 

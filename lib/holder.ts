@@ -1,6 +1,6 @@
 // Owns holder records and process identity: who holds a version lock (`.{lock}.holder`), and whether that very process still runs and has the lock open.
-import { closeSync, constants, openSync, readdirSync, readFileSync, readlinkSync, statSync, type BigIntStats } from "node:fs";
-import { writeFileAtomic } from "./fsx.ts";
+import { readdirSync, readFileSync, readlinkSync, statSync, type BigIntStats } from "node:fs";
+import { readTextNoFollow, writeFileAtomic } from "./fsx.ts";
 
 // The lock keeps the old script's one-line format, so who holds it is written beside it, in
 // `.{lock}.holder`: one line "pid start ino time" per lock file it vouches for.
@@ -37,12 +37,7 @@ export const recordedLock = (fileName: string) => /^\.(.+\.lock)\.holder$/.exec(
 
 function readRecord(lockPath: string): HolderLine[] {
   try {
-    const fd = openSync(holderPath(lockPath), constants.O_RDONLY | constants.O_NOFOLLOW);
-    try {
-      return parseHolderRecord(readFileSync(fd, "utf8"));
-    } finally {
-      closeSync(fd);
-    }
+    return parseHolderRecord(readTextNoFollow(holderPath(lockPath)));
   } catch {
     return [];
   }

@@ -1,8 +1,8 @@
 // Owns the I/O of signed releases (SPEC §9): the trusted-keys file, fetching each URL's checksum file and signature, and the installed version's signed time.
-import { closeSync, constants, openSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConfigError } from "./config.ts";
-import { ensureDirectory, writeFileAtomic } from "./fsx.ts";
+import { ensureDirectory, readTextNoFollow, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
 import { describe, exchange, type HttpPolicy } from "./http.ts";
 import { isObject, type Json } from "./json.ts";
@@ -147,12 +147,7 @@ export function readSignatureRecord(stateDir: string, name: string): StoredSigna
   const path = signatureRecordPath(stateDir, name);
   let text: string;
   try {
-    const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
-    try {
-      text = readFileSync(fd, "utf8");
-    } finally {
-      closeSync(fd);
-    }
+    text = readTextNoFollow(path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "ENOENT") return { kind: "none" };
     return { kind: "invalid", path, reason: errorText(err) };
