@@ -37,23 +37,34 @@ const FLAGS_OF = {
 /** Short flags, as their long names. -v is --verbose, as for most tools whose default action does work; -V is --version. */
 const SHORT: Record<string, string> = { "-v": "--verbose", "-V": "--version", "-h": "--help" };
 
-/** The FILE of the last --config FILE or --config=FILE in argv (the one that counts), even when the rest of argv is wrong. */
-function configPathIn(argv: string[]): string | undefined {
-  let path: string | undefined;
-  argv.forEach((arg, i) => {
-    if (arg === "--config") path = argv[i + 1] || undefined;
-    else if (arg.startsWith("--config=")) path = arg.slice("--config=".length) || undefined;
-  });
-  return path;
+/**
+ * Takes every --config FILE and --config=FILE out of argv first, so that a FILE is never read as a
+ * flag (`--config -h`). The last FILE is the one that counts, known even when the rest is wrong.
+ */
+function takeConfig(argv: string[]): { configPath: string | undefined; missingFile: boolean; rest: string[] } {
+  let configPath: string | undefined;
+  let missingFile = false;
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!;
+    if (arg !== "--config" && !arg.startsWith("--config=")) {
+      rest.push(arg);
+      continue;
+    }
+    configPath = (arg === "--config" ? argv[++i] : arg.slice("--config=".length)) || undefined;
+    if (configPath === undefined) missingFile = true;
+  }
+  return { configPath, missingFile, rest };
 }
 
 export function parseArgs(argv: string[]): Invocation {
-  const configPath = configPathIn(argv);
-  const args = argv.map((arg) => SHORT[arg] ?? arg);
-  const typed = new Map(argv.map((arg) => [SHORT[arg] ?? arg, arg])); // for messages: what the operator wrote
-  if (args.length === 1 && args[0] === "--version") return { command: { kind: "version" }, configPath };
+  const { configPath, missingFile, rest } = takeConfig(argv);
+  const args = rest.map((arg) => SHORT[arg] ?? arg);
+  const typed = new Map(rest.map((arg) => [SHORT[arg] ?? arg, arg])); // for messages: what the operator wrote
+  if (args.length === 1 && args[0] === "--version" && !missingFile) return { command: { kind: "version" }, configPath };
   // `help`, `--help` alone or after any command (`status --help`): the usage, whatever else is there.
   if (args[0] === "help" || args.includes("--help")) return { command: { kind: "help" }, configPath };
+  if (missingFile) throw new UsageError("--config needs a FILE", configPath);
   const verb = args[0] && !args[0].startsWith("-") ? args.shift()! : "pass";
   if (!(verb in FLAGS_OF)) throw new UsageError(`unknown command ${JSON.stringify(verb)}`, configPath);
   const kind = verb as keyof typeof FLAGS_OF;
@@ -61,10 +72,7 @@ export function parseArgs(argv: string[]): Invocation {
   const operands: string[] = [];
   while (args.length > 0) {
     const arg = args.shift()!;
-    if (arg === "--config" || arg.startsWith("--config=")) {
-      const file = arg === "--config" ? args.shift() : arg.slice("--config=".length);
-      if (!file) throw new UsageError("--config needs a FILE", configPath);
-    } else if ((FLAGS_OF[kind] as readonly string[]).includes(arg)) {
+    if ((FLAGS_OF[kind] as readonly string[]).includes(arg)) {
       flags.add(arg);
     } else if (arg.startsWith("-")) {
       throw new UsageError(`unknown option ${JSON.stringify(typed.get(arg) ?? arg)}${kind === "pass" ? "" : ` for ${kind}`}`, configPath);

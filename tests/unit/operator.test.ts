@@ -99,4 +99,11 @@ describe("command line", () => {
     expect(error(["status", "-v"])).toMatchObject({ message: 'unknown option "-v" for status', configPath: undefined });
     expect(error(["rollback"]).message).toBe("rollback needs exactly one NAME");
   });
+  test("the FILE of --config is never read as a flag, and --config may come before the command", () => {
+    expect(parseArgs(["--config", "-h"])).toEqual({ command: { kind: "pass", dryRun: false, verbose: false }, configPath: "-h" });
+    expect(parseArgs(["--config", "/etc/a", "status", "--json"])).toEqual({ command: { kind: "status", json: true }, configPath: "/etc/a" });
+    expect(() => parseArgs(["status", "--config"])).toThrow("--config needs a FILE");
+    expect(() => parseArgs(["--config="])).toThrow("--config needs a FILE");
+    expect(parseArgs(["--config", "--help"]).command).toEqual({ kind: "pass", dryRun: false, verbose: false });
+  });
 });
