@@ -36,6 +36,7 @@ import { errorText, type Logger } from "./log.ts";
 import { readManifest, updateManifest, type Entry, type Hold, type ManifestEdit } from "./manifest.ts";
 import { runSteps, type Step, type StepsResult, type Undo } from "./phases.ts";
 import { assertRunsHere } from "./elf.ts";
+import { tryFlock } from "./libc.ts";
 import { describe } from "./http.ts";
 import { formatSignedTime, type TrustedKeys } from "./minisign.ts";
 import { readSignatureRecord, signedVersionOf, verifySignedTarget, writeSignatureRecord, type SignedTarget, type SignedVersion } from "./signature.ts";
@@ -645,6 +646,8 @@ async function checkRuns(download: Downloaded, cpuArch: string): Promise<void> {
   closeSync(download.fd);
   download.fd = -1; // should the reopen fail, discard must not close that number again
   download.fd = openSync(download.tempPath, constants.O_RDONLY | constants.O_NOFOLLOW);
+  // Its flock went with the descriptor that was closed: taken again, the file stays this run's.
+  if (!tryFlock(download.fd)) throw new Error(`the new bin-proxy does not run: ${download.tempPath} was taken by another run`);
   const { BIN_MANAGER_TOKEN: _token, ...env } = process.env;
   let child;
   try {

@@ -103,6 +103,18 @@ test("a new bin-proxy replaces the running one in place; nothing is restarted; t
   expect(sha256Of(exe)).toBe(next.sha256);
 });
 
+test("while the new bin-proxy answers --version, its staged file is still flocked by the pass (no other run can take it over)", async () => {
+  const exe = installedCopy();
+  // flock -n succeeds only when nobody holds the file's flock: then this "release" fails its check.
+  const probe = artifact(`#!/bin/sh\nif flock -n "$0" true; then echo 'staged file not flocked'; exit 1; fi\necho 'bin-proxy 9.9.9 (probe)'\n`);
+  bm.setTarget(NAME, probe, "9.9.9");
+  const run = await pass(exe);
+  expect(run.stderr).not.toContain("not flocked");
+  expect(run.code).toBe(0);
+  expect(sha256Of(exe)).toBe(probe.sha256);
+  expect(readdirSync(dirname(exe))).toEqual([NAME]);
+});
+
 test("a new bin-proxy that fails its --version check is not installed: the old one stays, byte for byte, and the version is held", async () => {
   for (const [broken, why] of [
     [artifact("#!/bin/sh\necho 'bin-proxy 9.9.9'\nexit 1\n"), /--version exited 1/],
