@@ -71,7 +71,8 @@ function optionalSha(entry: Json, key: string, where: string): Sha256 | null {
 function parseHold(value: unknown, where: string): Hold | null {
   if (value === undefined || value === null) return null;
   const version = isObject(value) ? parseSha256(value.version) : null;
-  if (!isObject(value) || !version || !Number.isInteger(value.failures) || !(value.until === null || isTime(value.until))) {
+  // failures counts failed attempts (0 for a rollback's hold): a count, as the metrics show it.
+  if (!isObject(value) || !version || !Number.isSafeInteger(value.failures) || (value.failures as number) < 0 || !(value.until === null || isTime(value.until))) {
     throw new ManifestError(`${where}: hold must be {version, failures, until}, got ${JSON.stringify(value)}`);
   }
   return { version, failures: value.failures as number, until: value.until as string | null };

@@ -37,6 +37,7 @@ describe("parseManifest", () => {
     ["a duplicate binaryName", '{"binaries":[{"binaryName":"a"},{"binaryName":"a"}]}', /twice/],
     ["nodeInfo not an object", '{"binaries":[],"nodeInfo":"x"}', /nodeInfo/],
     ["a malformed hold", `{"binaries":[{"binaryName":"a","hold":{"version":"x"}}]}`, /hold/],
+    ["a hold whose failures is no count", `{"binaries":[{"binaryName":"a","hold":{"version":"${"a".repeat(64)}","failures":-1,"until":null}}]}`, /hold must be/],
   ])("%s is a ManifestError", (_, text, message) => {
     expect(() => parseManifest(text)).toThrow(ManifestError);
     expect(() => parseManifest(text)).toThrow(message);
