@@ -103,9 +103,11 @@ export function metricsStatePath(stateDir: string): string {
 }
 
 export function emptyState(): MetricsState {
-  return { runs: { pass: 0, rollback: 0, retry: 0, "config-error": 0 }, lastRun: null, lastPass: null, lastSuccessAt: null, signaturesRequired: null, binaries: {} };
+  return { runs: { pass: 0, rollback: 0, retry: 0, "config-error": 0 }, lastRun: null, lastPass: null, lastSuccessAt: null, signaturesRequired: null, binaries: noBinaries() };
 }
 
+/** A map of binaries by name with no prototype: `__proto__` and `constructor` are plain names too. */
+const noBinaries = (): Record<string, BinaryState> => Object.create(null);
 const zeroCounters = (): Counters => ({ updates: 0, failures: 0, rollbacks: 0, downloadedBytes: 0 });
 const latest = (a: RunRecord | null, b: RunRecord | null): RunRecord | null => (!a ? b : !b ? a : Date.parse(b.at) > Date.parse(a.at) ? b : a);
 const laterTime = (a: string | null, b: string | null): string | null => (!a ? b : !b ? a : Date.parse(b) > Date.parse(a) ? b : a);
@@ -132,7 +134,7 @@ export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState 
   const countsAsPass = run.kind === "pass" || run.kind === "config-error";
   let binaries = previous.binaries;
   if (run.binaries !== null) {
-    binaries = {};
+    binaries = noBinaries();
     for (const b of run.binaries) {
       const before = previous.binaries[b.name];
       const target = b.target ? short(b.target) : (before?.target ?? null);
@@ -172,7 +174,7 @@ export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState 
  * makes a counter go back.
  */
 function mergeStates(primary: MetricsState, other: MetricsState): MetricsState {
-  const binaries: Record<string, BinaryState> = {};
+  const binaries = noBinaries();
   for (const [name, b] of Object.entries(primary.binaries)) {
     const o = other.binaries[name]?.counters ?? zeroCounters();
     binaries[name] = {

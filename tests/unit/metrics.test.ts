@@ -250,6 +250,20 @@ describe("countsAnEvent: whether a run's record must reach the disk before it en
   });
 });
 
+test("binaries named like Object's own properties are counted as any other", () => {
+  const host = freshHost();
+  const names = ["__proto__", "constructor", "counters", "toString"];
+  for (const [i, at] of [T0, minutes(1)].entries()) {
+    recordRun(host.metricsFile, host.stateDir, pass(at, names.map((name) => app({ name, event: { updated: true, downloadedBytes: 10 + i } }))));
+  }
+  const samples = parseExposition(readFileSync(host.metricsFile, "utf8"));
+  for (const name of names) {
+    expect(value(samples, "bin_proxy_updates_total", { name })).toBe(2);
+    expect(value(samples, "bin_proxy_downloaded_bytes_total", { name })).toBe(21);
+  }
+  expect(readLastPass(host.stateDir)?.at).toBe(new Date(minutes(1).getTime() + 1500).toISOString());
+});
+
 describe("renderMetrics", () => {
   test("label values are escaped, a release name is kept printable and short, and the text reads back as the same state", async () => {
     const state = applyRun(emptyState(), pass(T0, [app({ targetVersion: `v2 "beta"\\\n${"x".repeat(200)}` })]));
