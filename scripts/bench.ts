@@ -11,11 +11,10 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { availableParallelism, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { startBinManager, type Artifact } from "../tests/fixture/bin-manager.ts";
-import { startDaemon } from "../tests/fixture/daemon.ts";
-import { freePort, makeHost, runBinProxy, spawnBinProxy, type Host } from "../tests/fixture/host.ts";
+import { makeHost, runBinProxy, spawnBinProxy, type Host } from "../tests/fixture/host.ts";
 import { makeKeyPair, sign, writeTrustedKeys } from "../tests/fixture/minisign.ts";
 import { mountOver } from "../tests/fixture/mount.ts";
-import { startNginx } from "../tests/fixture/nginx.ts";
+import { startNginx, startNginxProcess } from "../tests/fixture/nginx.ts";
 import { writeAll } from "../lib/fsx.ts";
 import * as build from "./build.ts";
 
@@ -180,65 +179,30 @@ interface FileServer {
 /**
  * A real nginx serving the files of dir at the API's download paths with sendfile, as a
  * production bin-manager's file server does; with api, every other path is passed to it (an
- * origin that is the whole bin-manager). Started in the foreground with its own prefix, config,
- * temp dirs and logs (tests/fixture/nginx.ts does the same for the cluster cache).
+ * origin that is the whole bin-manager).
  */
 async function startFileServer(dir: string, api?: string): Promise<FileServer> {
-  const nginx = Bun.which("nginx") ?? ["/usr/sbin/nginx", "/usr/bin/nginx"].find((p) => existsSync(p));
-  if (!nginx) throw new Error("nginx not found: install Debian's nginx package (.ci/run does)");
-  const prefix = mkdtempSync(join(tmpdir(), "bin-proxy-bench-nginx-"));
-  for (const sub of ["temp", "logs"]) mkdirSync(join(prefix, sub));
-  const port = await freePort();
-  const accessLog = join(prefix, "logs", "access.log");
-  const errorLog = join(prefix, "logs", "error.log");
-  writeFileSync(
-    join(prefix, "nginx.conf"),
-    [
-      // As root, workers would run as nobody and could not read the private (0700) temp directories.
-      ...(process.getuid?.() === 0 ? ["user root;"] : []),
-      "daemon off;",
-      "worker_processes 2;",
-      `pid ${join(prefix, "nginx.pid")};`,
-      `error_log ${errorLog} warn;`,
-      "events { worker_connections 1024; }",
-      "http {",
-      "    default_type application/octet-stream;",
-      "    sendfile on;",
-      "    tcp_nopush on;",
-      "    log_format served '$msec $request_time $status $body_bytes_sent $request_uri';",
-      `    access_log ${accessLog} served;`,
-      ...["client_body", "proxy", "fastcgi", "uwsgi", "scgi"].map((kind) => `    ${kind}_temp_path ${join(prefix, "temp", kind)};`),
-      "    server {",
-      `        listen 127.0.0.1:${port};`,
-      `        location ${DOWNLOADS}/ { alias ${dir}/; }`,
-      ...(api ? [`        location / { proxy_pass ${api}; }`] : []),
-      "    }",
-      "}",
-    ].join("\n") + "\n",
-  );
-  const daemon = await startDaemon("nginx", [nginx, "-p", prefix, "-c", join(prefix, "nginx.conf"), "-e", errorLog], {
-    cwd: prefix,
-    host: "127.0.0.1",
-    port,
-    diagnostics: () => (existsSync(errorLog) ? readFileSync(errorLog, "utf8") : ""),
-  }).catch((err) => {
-    rmSync(prefix, { recursive: true, force: true });
-    throw err;
+  const server = await startNginxProcess({
+    logFormat: "$msec $request_time $status $body_bytes_sent $request_uri",
+    http: (_, listen) =>
+      [
+        "sendfile on;",
+        "tcp_nopush on;",
+        "server {",
+        `    listen ${listen};`,
+        `    location ${DOWNLOADS}/ { alias ${dir}/; }`,
+        ...(api ? [`    location / { proxy_pass ${api}; }`] : []),
+        "}",
+      ].join("\n"),
   });
   return {
-    url: `http://127.0.0.1:${port}`,
+    url: server.url,
     log: () =>
-      (existsSync(accessLog) ? readFileSync(accessLog, "utf8") : "")
-        .split("\n")
-        .filter((line) => line !== "")
-        .map((line) => {
-          const [end, seconds, status, bytes, uri] = line.split(" ");
-          return { endMs: Number(end) * 1000, seconds: Number(seconds), status: Number(status), bytes: Number(bytes), uri: uri ?? "" };
-        }),
-    async stop() {
-      await daemon.stop();
-      rmSync(prefix, { recursive: true, force: true });
-    },
+      server.accessLog().map((line) => {
+        const [end, seconds, status, bytes, uri] = line.split(" ");
+        return { endMs: Number(end) * 1000, seconds: Number(seconds), status: Number(status), bytes: Number(bytes), uri: uri ?? "" };
+      }),
+    stop: server.stop,
   };
 }
 
