@@ -1,4 +1,4 @@
-// Owns the supervised service: supervisorctl restart, the RUNNING check and the TCP health check.
+// Owns the supervised service: supervisorctl restart and stop, the RUNNING check and the TCP health check.
 import { connect } from "node:net";
 
 /** How supervisorctl is run: its path, and its config file (SUPERVISORCTL_CONFIG, passed as `-c`) when set. */
@@ -59,6 +59,12 @@ export async function checkServiceAnswers(check: ServiceCheck): Promise<void> {
     ? `supervisord has no program ${check.program}: add a [program:${check.program}] section, or fix serviceName in the manifest`
     : `supervisord does not answer: start it (or point SUPERVISORCTL at the right supervisorctl, SUPERVISORCTL_CONFIG at its config)`;
   throw new ServiceUnavailable(`${why}; supervisorctl said: ${oneLine(output) || "nothing"}`);
+}
+
+/** Stops the program: after a first install is taken back there is no binary left for it to run. */
+export async function stopService(check: ServiceCheck): Promise<void> {
+  const stop = await supervisorctl(check.supervisorctl, ["stop", check.program], check.timeoutMs);
+  if (stop.code !== 0 && !/not running/i.test(stop.output)) throw new Error(`supervisorctl stop ${check.program} failed (exit ${stop.code}): ${oneLine(stop.output)}`);
 }
 
 /**

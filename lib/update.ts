@@ -9,6 +9,7 @@
 //   lock      takes the version lock, plans again under it   lock              - (released at the end, always)       takes the dead holder's lock over
 //   service   supervisorctl answers for the program          service           restarts the program on what is on    starts over
 //                                                                              disk, if it was restarted meanwhile
+//                                                                              (stops it after a first install)
 //   signature (keys set) verifies the signed checksum file   signed            -                                     starts over (two small GETs)
 //   download  streams and verifies (rollback: the backup)    staged            removes the staged file               resumes the partial (§13)
 //   hold      (rollback) holds the version it leaves         holdsBefore       puts the holds back                   finds the hold; the operator retries
@@ -40,7 +41,7 @@ import { tryFlock } from "./libc.ts";
 import { describe } from "./http.ts";
 import { formatSignedTime, type TrustedKeys } from "./minisign.ts";
 import { readSignatureRecord, signedVersionOf, verifySignedTarget, writeSignatureRecord, type SignedTarget, type SignedVersion } from "./signature.ts";
-import { checkServiceAnswers, restartAndCheck, ServiceUnavailable, type ServiceCheck } from "./service.ts";
+import { checkServiceAnswers, restartAndCheck, ServiceUnavailable, stopService, type ServiceCheck } from "./service.ts";
 
 /** What the pass shares with every binary's update. */
 export interface PassContext {
@@ -263,7 +264,7 @@ const service: Step<Attempt, Stop> = {
   // The binary is back as it was by now (install's undo ran first): the program runs it again.
   async undo(a) {
     if (!a.restarted) return "nothing";
-    await restartAndCheck(a.service!);
+    await serviceBack(a);
     a.restarted = false;
     return "restored";
   },
@@ -348,10 +349,22 @@ async function forgetAttempt(a: Attempt): Promise<"nothing"> {
   return "nothing";
 }
 
+/**
+ * What the swap replaced (null: nothing, a first install): the journal's word once it has one, since
+ * a resumed attempt finds the target itself on disk.
+ */
+const replacedOf = (a: Attempt): Sha256 | null => (a.record ? a.record.replaced : a.onDisk);
+
+/** Once the binary is back as it was, the program runs it again; after a first install there is none, and it is stopped. */
+async function serviceBack(a: Attempt): Promise<void> {
+  if (replacedOf(a) === null) await stopService(a.service!);
+  else await restartAndCheck(a.service!);
+}
+
 /** Puts the replaced binary back the same atomic way; the inverse of the swap, for a normal and a resumed attempt alike. */
 async function putBack(a: Attempt): Promise<"restored" | "nothing"> {
   if (!a.swapped) return "nothing";
-  const replaced = a.record?.replaced ?? a.onDisk;
+  const replaced = replacedOf(a);
   if (a.backup) restoreBackup(a.backup, a.binPath);
   else if (replaced === null) removeIfPresent(a.binPath); // a first install: there was nothing before it
   else throw new Error(`no backup of ${short(replaced)} to put back; ${a.binPath} left as it is`);
@@ -385,7 +398,7 @@ const report: Step<Attempt, Stop> = {
   name: "report",
   async run(a) {
     const { settings, log } = a.ctx;
-    const previous = a.record?.replaced ?? a.onDisk;
+    const previous = replacedOf(a);
     writePendingReport(settings.stateDir, a.name, { sha256: a.target.sha256, version: a.target.version });
     const holds = a.source.kind === "backup" ? rollbackHolds(a) : { hold: null, otherHolds: null };
     recordManifest(a, { version: a.target.sha256, versionName: releaseName(a.target), previousVersion: previous, ...holds });
@@ -439,7 +452,7 @@ const restore: Step<Attempt, Stop> = {
   name: "restore",
   async run(a) {
     await putBack(a);
-    if (a.service) await restartAndCheck(a.service);
+    if (a.service) await serviceBack(a);
   },
 };
 
@@ -577,7 +590,7 @@ function recordManifest(a: Attempt, fields: Extract<ManifestEdit, { binaryName: 
 
 /** rollback NAME holds the version it leaves (the manifest's, when that was no longer on disk) until the API names another, keeping every other hold. */
 function rollbackHolds(a: Attempt): { hold: Hold; otherHolds: Hold[] | null } {
-  const left = a.record?.replaced ?? a.onDisk ?? a.entry.version!;
+  const left = replacedOf(a) ?? a.entry.version!;
   return addHold(a.holdsBefore ?? a.entry, holdAfterRollback(left), new Date());
 }
 

@@ -48,6 +48,26 @@ const cut = site("cut", { service: false });
 /** Its serviceName names a program the shared supervisord does not have. */
 const stray = site("stray");
 const trace = site("trace", { service: false });
+/** Nothing installed yet: its program cannot start (FATAL) until a first install. */
+const fresh: Site = (() => {
+  const host = hosts.make();
+  host.writeManifest([{ serviceName: "fresh", binaryName: "fresh", version: "", previousVersion: "", port: 0 }]);
+  return { host, name: "fresh", path: join(host.binDir, "fresh"), v1: artifact("") };
+})();
+
+/** A version that reads the pass's pid from its lock's holder record and ends it with kill -9 when it starts, as a build that takes the host down would. */
+const passKiller = (s: Site, tag: string): Artifact =>
+  artifact(
+    [
+      "#!/bin/sh",
+      `# test service ${tag}: ends the pass that restarts it`,
+      `for holder in '${s.host.lockDir}'/.${s.name}-*.lock.holder; do`,
+      '  [ -f "$holder" ] && read -r pid _rest < "$holder" && kill -9 "$pid"',
+      "done",
+      "exec sleep 100001",
+      "",
+    ].join("\n"),
+  );
 
 /** The program of a site; startsecs=2 makes `supervisorctl restart` block long enough to kill the pass in it. */
 const program = (s: Site, startsecs = 1): Program => ({ name: s.name, command: s.path, startsecs });
@@ -60,7 +80,7 @@ async function supervisor(programs: Program[]): Promise<Supervisor> {
 
 beforeAll(async () => {
   bm = await startBinManager();
-  sup = await supervisor([program(rb), program(hidden), program(quiet), program(looped, 2), program(killer)]);
+  sup = await supervisor([program(rb), program(hidden), program(quiet), program(looped, 2), program(killer), program(fresh)]);
   // One pass on v1 records the node info, so later passes write the manifest only to record an update.
   for (const s of [rb, down, hidden, quiet, looped, killer, reported, cut, stray, trace]) {
     bm.setTarget(s.name, s.v1);
@@ -414,18 +434,7 @@ describe("a pass that dies after its swap is resumed and counted; the second dea
   }, 90_000);
 
   test("a new version that kills the pass on every start is rolled back and held by the third pass", async () => {
-    // Reads the pass's pid from its lock's holder record and ends it with kill -9, as a build that takes the host down would.
-    const v2 = artifact(
-      [
-        "#!/bin/sh",
-        "# test service killer-v2: ends the pass that restarts it",
-        `for holder in '${killer.host.lockDir}'/.${killer.name}-*.lock.holder; do`,
-        '  [ -f "$holder" ] && read -r pid _rest < "$holder" && kill -9 "$pid"',
-        "done",
-        "exec sleep 100001",
-        "",
-      ].join("\n"),
-    );
+    const v2 = passKiller(killer, "killer-v2");
     bm.setTarget(killer.name, v2);
     bm.clearRequests();
     for (const deaths of [0, 1]) {
@@ -448,6 +457,29 @@ describe("a pass that dies after its swap is resumed and counted; the second dea
     // v1 runs (`sleep 100000`), not the killer (`sleep 100001`).
     expect(readFileSync(`/proc/${await sup.pid(killer.name)}/cmdline`, "utf8").split("\0")).toEqual(["sleep", "100000", ""]);
     expect(reports(killer)).toEqual([]);
+  }, 90_000);
+
+  test("a first install that kills its pass twice is taken back by the third: the file removed, the program stopped, the target held", async () => {
+    const v1 = passKiller(fresh, "fresh-v1");
+    bm.setTarget(fresh.name, v1);
+    for (const deaths of [0, 1]) {
+      const p = startPass(fresh.host, bm.api, { SUPERVISORCTL: sup.ctl });
+      const run = await p.done;
+      expect(run.code, context(fresh, run)).toBe(137);
+      await until(() => groupGone(p.pid), () => "the killed pass's supervisorctl to finish");
+      expect(attemptRecord(fresh)).toMatchObject({ target: v1.sha256, replaced: null, deaths });
+    }
+    // The second death's resume finished nothing: the manifest never named the killer as installed.
+    expect(entryOf(fresh).version).toBe("");
+    const r = await pass(fresh);
+    expect(r.code, context(fresh, r)).toBe(1);
+    expect(events(fresh.host, "update_failed").map((e) => e.phase)).toEqual(["give-up"]);
+    expect(events(fresh.host, "rolled_back").map((e) => e.to)).toEqual(["nothing"]);
+    expect(existsSync(fresh.path)).toBe(false);
+    expect(await sup.status(fresh.name)).toBe("STOPPED");
+    expect(entryOf(fresh)).toMatchObject({ version: "", hold: { version: v1.sha256, failures: 1 } });
+    expect(existsSync(journalDir(fresh))).toBe(false);
+    expect(reports(fresh)).toEqual([]);
   }, 90_000);
 });
 
