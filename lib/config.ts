@@ -270,33 +270,35 @@ export function loadSettings(source: ConfigSource): LoadedSettings {
   const { path, required, namedBy } = configFileChoice(source);
   let config: ShellConfig = { values: new Map(), lines: new Map(), warnings: [] };
   const warnings: ConfigWarning[] = [];
-  if (existsSync(path) || required) {
-    let text: string;
-    let mode: number;
-    try {
-      text = readFileSync(path, "utf8");
-      mode = statSync(path).mode;
-    } catch (err) {
-      const named = namedBy === "--config" ? " (named by --config on the command line)" : namedBy ? ` (named by ${namedBy} in the environment)` : "";
-      throw new ConfigError(`cannot read config file ${path}${named}: ${(err as Error).message}`);
-    }
-    config = parseShellConfig(text, (key) => source.env[key], path);
-    warnings.push(...config.warnings.map((w) => ({ file: path, ...w })));
-    if (config.values.get("BIN_MANAGER_TOKEN") && (mode & 0o044) !== 0) {
-      warnings.push({
-        file: path,
-        line: config.lines.get("BIN_MANAGER_TOKEN")!,
-        message: `holds BIN_MANAGER_TOKEN but is readable by ${mode & 0o004 ? "everyone" : "its group"} (mode ${(mode & 0o777).toString(8).padStart(4, "0")}): chmod 600 ${path}`,
-      });
-    }
-  }
-  // Environment over file, as SPEC §3 orders them.
+  // Environment over file, as SPEC §3 orders them; until the file is read, the environment alone.
   const raw = (key: Key): string | undefined => fromEnvironment(source.env, key) ?? config.values.get(key);
   const origin = (key: Key): string | null =>
     fromEnvironment(source.env, key) !== undefined ? "the environment" : config.lines.has(key) ? `${path} line ${config.lines.get(key)}` : null;
   try {
+    if (existsSync(path) || required) {
+      let text: string;
+      let mode: number;
+      try {
+        text = readFileSync(path, "utf8");
+        mode = statSync(path).mode;
+      } catch (err) {
+        const named = namedBy === "--config" ? " (named by --config on the command line)" : namedBy ? ` (named by ${namedBy} in the environment)` : "";
+        throw new ConfigError(`cannot read config file ${path}${named}: ${(err as Error).message}`);
+      }
+      config = parseShellConfig(text, (key) => source.env[key], path);
+      warnings.push(...config.warnings.map((w) => ({ file: path, ...w })));
+      if (config.values.get("BIN_MANAGER_TOKEN") && (mode & 0o044) !== 0) {
+        warnings.push({
+          file: path,
+          line: config.lines.get("BIN_MANAGER_TOKEN")!,
+          message: `holds BIN_MANAGER_TOKEN but is readable by ${mode & 0o004 ? "everyone" : "its group"} (mode ${(mode & 0o777).toString(8).padStart(4, "0")}): chmod 600 ${path}`,
+        });
+      }
+    }
     return { settings: resolveSettings(raw), warnings };
   } catch (err) {
+    // Whatever failed (an unreadable or unparsable file, a bad value), the error still says where to
+    // log it and where the metrics go, as far as they are known.
     if (err instanceof ConfigError) {
       err.logFile = raw("LOG_FILE") || undefined;
       err.metricsFile = raw("BIN_PROXY_METRICS_FILE") || undefined;

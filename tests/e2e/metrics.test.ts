@@ -4,7 +4,7 @@
 // of trusted keys (and that it writes nothing), and the --verbose summary line. Within each describe the tests run in order, each
 // starting from what the previous left.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { parseExposition, type Sample } from "../../lib/metrics.ts";
@@ -548,5 +548,29 @@ describe("a metrics file that cannot be written", () => {
     expect(readFileSync(join(host.binDir, "unwritable"))).toEqual(Buffer.from(v1.bytes));
     expect(host.log()).toMatch(/level=warn event=metrics_not_written file=\S+no-such-dir\/bin_proxy.prom error=/);
     expect(existsSync(join(host.root, "no-such-dir"))).toBe(false);
+  }, 60_000);
+});
+
+describe("a config file that cannot be used at all", () => {
+  test("unreadable, or not shell it can parse: the metrics file the environment names says config_ok 0, counts kept", async () => {
+    const host = hosts.make();
+    const metrics = join(host.root, "bin_proxy.prom");
+    host.writeManifest([]);
+    const env = host.env(bm.api, { BIN_PROXY_METRICS_FILE: metrics });
+    expect(await runBinProxy([], env)).toEqual({ code: 0, stdout: "", stderr: "" });
+    const config = join(host.root, "etc", "config");
+    for (const [what, broken, cause] of [
+      ["an unquoted space", () => writeFileSync(config, "SUPERVISORCTL=/usr/bin/supervisorctl -c /etc/s.conf\n"), "unquoted space"],
+      ["a directory where the file should be", () => (rmSync(config), mkdirSync(config)), "cannot read config file"],
+    ] as const) {
+      broken();
+      const r = await runBinProxy([], env);
+      expect(r.code, what).toBe(2);
+      expect(r.stderr, what).toContain(cause);
+      const m = await checked(readFileSync(metrics, "utf8"));
+      expect(runFacts(m), what).toMatchObject({ configOk: 0, lastPassExit: 2 });
+      expect(valueOf(m, "bin_proxy_runs_total", { kind: "pass" }), what).toBe(1);
+    }
+    expect(valueOf(await checked(readFileSync(metrics, "utf8")), "bin_proxy_runs_total", { kind: "config-error" })).toBe(2);
   }, 60_000);
 });
