@@ -75,16 +75,25 @@ export function fsyncDir(dir: string): void {
 }
 
 /**
+ * How much of a replacement reaches the disk before it returns. "rename" (the default): the data
+ * before the rename and the directory entry after it, so the replacement itself survives a power
+ * cut. "contents": the data only, so a power cut leaves the old file or the complete new one, never
+ * an empty one, but may undo the replacement. "none": a rewrite that a later run makes again whole
+ * (the metrics file), where the rename alone keeps readers from ever seeing it torn.
+ */
+export type Sync = "rename" | "contents" | "none";
+
+/**
  * The one way a file is replaced. Mode and owner are set and the data made durable before the
  * rename, and the directory entry after it, so that whatever instant the machine dies, dest is
  * either the old file or the complete new one. It takes fd: closed whatever happens, so no caller
  * ever closes that number again (by then it may be another file's, or a socket's).
  */
-export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta, durable = true): void {
+export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta, sync: Sync = "rename"): void {
   try {
     fchownSync(fd, meta.uid, meta.gid);
     fchmodSync(fd, meta.mode);
-    if (durable) fsyncSync(fd);
+    if (sync !== "none") fsyncSync(fd);
     // rename goes by name: a run whose temp file was removed and made again by another (it was ended,
     // or the old script took its lock) must not install that other run's unfinished file.
     const ours = fstatSync(fd);
@@ -94,7 +103,7 @@ export function replaceAtomically(fd: number, tempPath: string, dest: string, me
     closeSync(fd);
   }
   renameSync(tempPath, dest);
-  if (durable) fsyncDir(dirname(dest));
+  if (sync === "rename") fsyncDir(dirname(dest));
 }
 
 /** The mode and owner of path, or the fallback when there is no such file. */
@@ -113,16 +122,16 @@ export function tempPathFor(dest: string, pid = process.pid): string {
   return join(dirname(dest), `.${basename(dest)}.${pid}.tmp`);
 }
 
-/**
- * Writes a small file atomically, keeping the mode and owner of the file it replaces (fallback for a
- * new one). "unsynced" is for a file that a later run writes again whole (the metrics file; the
- * metrics state after a pass that counted nothing): it asks for its own mode whatever the old file
- * had, and no fsync, since the rename alone keeps readers from ever seeing it torn, and a power cut
- * at worst brings back the version before.
- */
-export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}, kind: "durable" | "unsynced" = "durable"): void {
+export interface WriteOptions {
+  sync?: Sync;
+  /** The file always gets fallback's mode and this process's owner, whatever the old one had (the metrics file, which node_exporter must read). */
+  ownMeta?: boolean;
+}
+
+/** Writes a small file atomically, keeping the mode and owner of the file it replaces (fallback for a new one) unless ownMeta. */
+export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}, { sync = "rename", ownMeta = false }: WriteOptions = {}): void {
   const mine = { mode: fallback.mode ?? 0o644, uid: fallback.uid ?? process.getuid!(), gid: fallback.gid ?? process.getgid!() };
-  const meta = kind === "unsynced" ? mine : metaOf(dest, mine);
+  const meta = ownMeta ? mine : metaOf(dest, mine);
   const temp = tempPathFor(dest);
   const fd = createTemp(temp, 0o600);
   try {
@@ -132,7 +141,7 @@ export function writeFileAtomic(dest: string, data: string | Uint8Array, fallbac
       closeSync(fd);
       throw err;
     }
-    replaceAtomically(fd, temp, dest, meta, kind === "durable");
+    replaceAtomically(fd, temp, dest, meta, sync);
   } catch (err) {
     removeIfPresent(temp);
     throw err;

@@ -493,14 +493,14 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
   if (metricsFile) {
     try {
       sweepOrphanTemps(metricsFile);
-      writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, "unsynced");
+      writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, { sync: "none", ownMeta: true });
     } catch (err) {
       problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
     }
   }
   if (statePath) {
     try {
-      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 }, countsAnEvent(run) ? "durable" : "unsynced");
+      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 }, { sync: countsAnEvent(run) ? "rename" : "contents" });
     } catch (err) {
       problems.push(`cannot save ${statePath}: ${errorText(err)}`);
     }
@@ -509,10 +509,11 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
 }
 
 /**
- * Whether the state must be on disk before the run ends: when the run counted something. A pass in
- * which nothing happened to any binary only moves the pass count and times on, which the next pass
- * records again a minute later; waiting for the disk would cost every such pass more than a power
- * cut could lose (that one pass's record, as the metrics file itself may lose it).
+ * Whether the state's replacement must be on disk before the run ends: when the run counted
+ * something. A pass in which nothing happened to any binary only moves the pass count and times on,
+ * which the next pass records again a minute later: its state is still fsynced (a power cut brings
+ * back the old state or the new one, never an empty file, so no counter is ever reset), but the
+ * directory is not, so a power cut can undo that one pass's record.
  */
 export function countsAnEvent(run: RunMetrics): boolean {
   if (run.kind !== "pass" || run.binaries === null) return true;

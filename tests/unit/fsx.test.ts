@@ -32,7 +32,7 @@ describe("writeFileAtomic", () => {
     writeFileSync(victim, "keep me");
     const dest = join(dir, "bin_proxy.prom");
     symlinkSync(victim, tempPathFor(dest));
-    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, "unsynced");
+    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
     expect(readFileSync(victim, "utf8")).toBe("keep me");
     expect(readFileSync(dest, "utf8")).toBe("metrics\n");
     expect(lstatSync(dest).isSymbolicLink()).toBe(false);

@@ -1,6 +1,6 @@
 // The metrics file (SPEC §11): each kind of run rendered, checked by promtool, counters monotonic across runs, atomic writes, served by a real node_exporter.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Sha256 } from "../../lib/hash.ts";
@@ -219,6 +219,45 @@ describe("recordRun", () => {
     expect(recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]))).toBeNull();
     expect(statSync(host.metricsFile).mode & 0o7777).toBe(0o644);
     expect(existsSync(orphan)).toBe(false);
+  });
+
+  test("the state keeps the mode an operator gave it, whether its run counted something or not", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
+    chmodSync(metricsStatePath(host.stateDir), 0o640);
+    for (const [i, event] of [{ updated: true }, undefined].entries()) {
+      expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(i + 1), [app({ event })]))).toBeNull();
+      expect(statSync(metricsStatePath(host.stateDir)).mode & 0o7777).toBe(0o640);
+    }
+  });
+
+  test("a state that cannot be saved is reported; the metrics file is still written, and the next run counts on from it", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
+    rmSync(metricsStatePath(host.stateDir));
+    mkdirSync(metricsStatePath(host.stateDir)); // a directory where the state goes: it can be neither read nor replaced
+    const warning = recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app({ event: { updated: true } })]));
+    expect(warning).toMatch(/metrics state .*metrics-state\.json is unusable .*starting from the last metrics file; cannot save .*metrics-state\.json: .*EISDIR/);
+    expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_updates_total", { name: "app" })).toBe(2);
+    rmSync(metricsStatePath(host.stateDir), { recursive: true });
+    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app({ event: { updated: true } })]))).toBeNull();
+    expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_updates_total", { name: "app" })).toBe(3);
+  });
+
+  test("a metrics file no newer than the state is not read back: the state's counts stand", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
+    // A file that claims more, but older than the state: written before it, so the state holds all it says.
+    writeFileSync(host.metricsFile, readFileSync(host.metricsFile, "utf8").replace(/^(bin_proxy_updates_total\{name="app"\}) 1$/m, "$1 99"));
+    const stateTime = statSync(metricsStatePath(host.stateDir)).mtime;
+    utimesSync(host.metricsFile, new Date(stateTime.getTime() - 60_000), new Date(stateTime.getTime() - 60_000));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]));
+    expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_updates_total", { name: "app" })).toBe(1);
+    // Newer than the state (a run that could not save it): read back, and its larger count kept.
+    writeFileSync(host.metricsFile, readFileSync(host.metricsFile, "utf8").replace(/^(bin_proxy_updates_total\{name="app"\}) 1$/m, "$1 99"));
+    utimesSync(host.metricsFile, new Date(Date.now() + 60_000), new Date(Date.now() + 60_000));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]));
+    expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_updates_total", { name: "app" })).toBe(99);
   });
 
   test("a binary that left the manifest leaves the file, counters and all; an unreadable manifest keeps every binary", () => {
