@@ -553,7 +553,9 @@ async function failed(a: Attempt, result: Extract<StepsResult<Stop>, { ok: false
     log.info("holding", { bin: a.name, target: short(a.target.sha256), version: a.target.version || undefined, failures: holds.hold.failures, until: holds.hold.until ?? "" });
   }
   if (hostProblem) log.info("not_held", { bin: a.name, target: short(a.target.sha256), reason: "a problem of this host, not of the release: the next pass tries again" });
-  if (result.undo.kind === "inconsistent" && a.record) {
+  // Only while the new binary is still in place is the record kept (forgetAttempt): it says why. With the
+  // old binary back and only its restart failed, there is no attempt left to resume; the log says it.
+  if (result.undo.kind === "inconsistent" && a.record && a.swapped) {
     writeAttempt(settings.stateDir, a.name, { ...a.record, inconsistent: result.undo.why });
   }
   if (a.lock) await progress(a, "failed");

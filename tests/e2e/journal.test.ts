@@ -48,6 +48,7 @@ const cut = site("cut", { service: false });
 /** Its serviceName names a program the shared supervisord does not have. */
 const stray = site("stray");
 const trace = site("trace", { service: false });
+const lost = site("lost");
 /** Nothing installed yet: its program cannot start (FATAL) until a first install. */
 const fresh: Site = (() => {
   const host = hosts.make();
@@ -80,9 +81,9 @@ async function supervisor(programs: Program[]): Promise<Supervisor> {
 
 beforeAll(async () => {
   bm = await startBinManager();
-  sup = await supervisor([program(rb), program(hidden), program(quiet), program(looped, 2), program(killer), program(fresh)]);
+  sup = await supervisor([program(rb), program(hidden), program(quiet), program(looped, 2), program(killer), program(fresh), program(lost)]);
   // One pass on v1 records the node info, so later passes write the manifest only to record an update.
-  for (const s of [rb, down, hidden, quiet, looped, killer, reported, cut, stray, trace]) {
+  for (const s of [rb, down, hidden, quiet, looped, killer, reported, cut, stray, trace, lost]) {
     bm.setTarget(s.name, s.v1);
     expect(await runBinProxy([], s.host.env(bm.api))).toEqual({ code: 0, stdout: "", stderr: "" });
   }
@@ -481,6 +482,27 @@ describe("a pass that dies after its swap is resumed and counted; the second dea
     expect(existsSync(journalDir(fresh))).toBe(false);
     expect(reports(fresh)).toEqual([]);
   }, 90_000);
+});
+
+describe("an update whose undo fails", () => {
+  test("a backup gone before the put-back: exit 1, the record kept and marked inconsistent, status says so, nothing reported", async () => {
+    // v2 removes the backup of v1 when it starts, then fails its start: the put-back finds nothing to put back.
+    const v2 = artifact(["#!/bin/sh", "# test service lost-v2", `rm -f '${join(lost.host.stateDir, "backups", lost.name)}'/*`, "exit 1", ""].join("\n"));
+    bm.setTarget(lost.name, v2);
+    bm.clearRequests();
+    const r = await pass(lost);
+    expect(r.code, context(lost, r)).toBe(1);
+    expect(events(lost.host, "update_failed").map((e) => e.phase)).toEqual(["restart"]);
+    expect(events(lost.host, "undo_failed").map((e) => e.phase)).toContain("install");
+    expect(readFileSync(lost.path)).toEqual(Buffer.from(v2.bytes));
+    expect(attemptRecord(lost)).toMatchObject({ target: v2.sha256, replaced: lost.v1.sha256 });
+    expect(String(attemptRecord(lost).inconsistent)).toMatch(new RegExp(`^install: ENOENT.*backups/lost/${lost.v1.sha256}`));
+    expect(entryOf(lost)).toMatchObject({ version: lost.v1.sha256 });
+    expect(reports(lost)).toEqual([]);
+
+    const st = await pass(lost, {}, ["status"]);
+    expect(st.stdout).toContain(`${lost.name}: inconsistent: install: ENOENT`);
+  }, 60_000);
 });
 
 describe("every installed version reaches the API, once acknowledged", () => {
