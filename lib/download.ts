@@ -1,10 +1,11 @@
 // Owns downloading: streaming a binary into its partial file while hashing it, resumed where a cut left it, verified, with fallback.
-import { closeSync, constants, fstatSync, ftruncateSync, lstatSync, openSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { closeSync, constants, fstatSync, ftruncateSync, lstatSync, openSync, readdirSync, statSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { createExclusive, removeIfPresent, writeFileAtomic } from "./fsx.ts";
+import { createExclusive, readTextNoFollow, removeIfPresent, writeFileAtomic } from "./fsx.ts";
 import { BLOCK, DiskWriter, readBlocks } from "./diskwrite.ts";
 import { parseSha256, short, type Sha256 } from "./hash.ts";
 import { describe, fetchFailure, HttpError, request, type HttpPolicy } from "./http.ts";
+import { isObject } from "./json.ts";
 import { tryFlock } from "./libc.ts";
 import { errorText } from "./log.ts";
 
@@ -114,8 +115,8 @@ export function judgeAnswer(status: number, headers: HeaderSource, asked: Resume
 export function parsePartialInfo(text: string): PartialInfo | null {
   try {
     const doc: unknown = JSON.parse(text);
-    if (typeof doc !== "object" || doc === null) return null;
-    const { validator, total } = doc as Record<string, unknown>;
+    if (!isObject(doc)) return null;
+    const { validator, total } = doc;
     // Sent back as a header: printable ASCII only, so nothing stored can smuggle a line into a request.
     if (typeof validator !== "string" || !/^[\x20-\x7e]{1,300}$/.test(validator)) return null;
     if (total !== null && !(Number.isSafeInteger(total) && (total as number) >= 0)) return null;
@@ -338,19 +339,10 @@ function infoPath(partial: string): string {
 
 /** The info beside a partial; null when there is none, or it is not a plain file of a valid info (a symlink is never followed). */
 function readPartialInfo(partial: string): PartialInfo | null {
-  let fd: number;
   try {
-    fd = openSync(infoPath(partial), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    return parsePartialInfo(readTextNoFollow(infoPath(partial), 4096));
   } catch {
     return null;
-  }
-  try {
-    const st = fstatSync(fd);
-    return st.isFile() && st.size <= 4096 ? parsePartialInfo(readFileSync(fd, "utf8")) : null;
-  } catch {
-    return null;
-  } finally {
-    closeSync(fd);
   }
 }
 

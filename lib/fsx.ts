@@ -30,13 +30,30 @@ export function createTemp(temp: string, mode: number): number {
   }
 }
 
-/** The text of the file at path; a symlink there is refused (ELOOP), never followed. */
-export function readTextNoFollow(path: string): string {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW);
+/**
+ * The text of a small file bin-proxy keeps (a record, a state): never through a symlink (ELOOP),
+ * never from anything but a regular file (a FIFO planted there would block the pass; O_NONBLOCK
+ * keeps even the open from waiting), never more than maxBytes.
+ */
+export function readTextNoFollow(path: string, maxBytes = 16 << 20): string {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error(`${path} is not a regular file`);
+    if (st.size > maxBytes) throw new Error(`${path} is larger than ${maxBytes} bytes`);
     return readFileSync(fd, "utf8");
   } finally {
     closeSync(fd);
+  }
+}
+
+/** The same, or null when there is no file at path. */
+export function readTextIfPresent(path: string, maxBytes?: number): string | null {
+  try {
+    return readTextNoFollow(path, maxBytes);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
+    throw err;
   }
 }
 

@@ -1,7 +1,7 @@
 // Owns the update journal (SPEC §12): the record of each binary's uncommitted attempt and of its unacknowledged report, and what a later pass does with them (pure).
-import { existsSync, readdirSync, readFileSync, rmdirSync } from "node:fs";
+import { existsSync, readdirSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
-import { ensureDirectory, removeIfPresent, sweepOrphanTempsUnder, writeFileAtomic } from "./fsx.ts";
+import { ensureDirectory, readTextIfPresent, removeIfPresent, sweepOrphanTempsUnder, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
 import { isObject, type Json } from "./json.ts";
 
@@ -96,13 +96,8 @@ export function parsePendingReport(value: unknown): PendingReport | null {
 function readJson<T>(path: string, parse: (v: unknown) => T | null): T | null {
   // Asked for every binary on every pass, and almost always absent: no exception for the common case.
   if (!existsSync(path)) return null;
-  let text: string;
-  try {
-    text = readFileSync(path, "utf8");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
-    throw err;
-  }
+  const text = readTextIfPresent(path);
+  if (text === null) return null;
   try {
     return parse(JSON.parse(text));
   } catch {

@@ -1,8 +1,8 @@
 // Owns the Prometheus textfile (SPEC §11): what a run tells it, the counters kept across runs, and the atomic 0644 write.
-import { existsSync, readFileSync, statSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { withExclusiveLock } from "./flock.ts";
-import { sweepOrphanTemps, writeFileAtomic } from "./fsx.ts";
+import { readTextIfPresent, readTextNoFollow, sweepOrphanTemps, writeFileAtomic } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
 import { isObject, isTime, type Json } from "./json.ts";
 import { errorText } from "./log.ts";
@@ -432,22 +432,12 @@ function formatMetricsState(state: MetricsState): string {
 /** The last pass recorded under stateDir, for `status`; null when none was, or the file cannot be read. */
 export function readLastPass(stateDir: string): RunRecord | null {
   try {
-    return parseMetricsState(readFileSync(metricsStatePath(stateDir), "utf8")).lastPass;
+    return parseMetricsState(readTextNoFollow(metricsStatePath(stateDir))).lastPass;
   } catch {
     return null;
   }
 }
 
-function readText(path: string): string | null {
-  try {
-    return readFileSync(path, "utf8");
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return null;
-    throw err;
-  }
-}
-
-/** Writes the metrics file: atomically (never torn for node_exporter) and always 0644, since node_exporter runs as another user. */
 /**
  * Records one run: merges it into the state kept under stateDir (when that directory exists) and
  * rewrites metricsFile (when set). Never throws: returns what went wrong, for the caller to log, or
@@ -471,7 +461,7 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
   let published: MetricsState | null = null;
   if (statePath) {
     try {
-      const text = readText(statePath);
+      const text = readTextIfPresent(statePath);
       if (text !== null) saved = parseMetricsState(text);
     } catch (err) {
       problems.push(`metrics state ${statePath} is unusable (${errorText(err)}); starting from ${metricsFile ? "the last metrics file" : "zero"}`);
@@ -482,7 +472,7 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
   // two writes) or a lost state needs it read back. That keeps a no-op pass cheap.
   if (metricsFile && (saved === null || !notNewer(metricsFile, statePath!))) {
     try {
-      const text = readText(metricsFile);
+      const text = readTextIfPresent(metricsFile);
       if (text !== null) published = stateFromMetrics(parseExposition(text));
     } catch (err) {
       problems.push(`cannot read ${metricsFile}: ${errorText(err)}`);

@@ -1,9 +1,10 @@
 // The file primitives every writer shares: a temp file left by a dead process of our pid never stops a write, nor redirects it.
 import { afterAll, describe, expect, test } from "bun:test";
 import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { tempPathFor, writeFileAtomic } from "../../lib/fsx.ts";
+import { readTextIfPresent, readTextNoFollow, tempPathFor, writeFileAtomic } from "../../lib/fsx.ts";
 
 const dirs: string[] = [];
 const freshDir = () => {
@@ -43,5 +44,21 @@ describe("writeFileAtomic", () => {
     const dest = join(freshDir(), "note");
     writeFileAtomic(dest, 'version="v2 β"\n');
     expect(readFileSync(dest)).toEqual(Buffer.from('version="v2 β"\n', "utf8"));
+  });
+});
+
+describe("readTextNoFollow: the small files bin-proxy keeps, read without being led anywhere", () => {
+  test("a symlink, a FIFO (which would block the pass) and an oversized file are refused; a missing file is null for readTextIfPresent", () => {
+    const dir = freshDir();
+    const real = join(dir, "real");
+    writeFileSync(real, "kept\n");
+    expect(readTextNoFollow(real)).toBe("kept\n");
+    symlinkSync(real, join(dir, "link"));
+    expect(() => readTextNoFollow(join(dir, "link"))).toThrow(/ELOOP/);
+    expect(spawnSync("mkfifo", [join(dir, "fifo")]).status).toBe(0);
+    expect(() => readTextNoFollow(join(dir, "fifo"))).toThrow("is not a regular file");
+    expect(() => readTextNoFollow(real, 4)).toThrow("is larger than 4 bytes");
+    expect(readTextIfPresent(join(dir, "missing"))).toBeNull();
+    expect(() => readTextIfPresent(join(dir, "link"))).toThrow(/ELOOP/);
   });
 });
