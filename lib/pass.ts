@@ -32,6 +32,8 @@ export interface PassOptions {
 export async function runPass(settings: Settings, log: Logger, options: PassOptions): Promise<number> {
   if (options.splay && settings.splaySec > 0) await Bun.sleep(Math.random() * settings.splaySec * 1000);
   const startedAt = new Date();
+  // Lines logged before the pass (config warnings) are not something the pass did.
+  const linesBefore = log.lineCount;
   const finish = (exitCode: number, results: BinaryResult[] | null, signed: boolean | null) => {
     // A manifest or keys file that cannot be used is a configuration error: the metrics say so (bin_proxy_config_ok 0).
     if (!options.dryRun) recordRunMetrics(settings, log, { kind: exitCode === EXIT_CONFIG ? "config-error" : "pass", startedAt, exitCode, results, signed });
@@ -87,7 +89,7 @@ export async function runPass(settings: Settings, log: Logger, options: PassOpti
   const count = (kind: Outcome["kind"]) => results.filter((r) => r.outcome?.kind === kind).length;
   // Only when nothing was logged: a pass that did something said so line by line already. A dry run's
   // verdicts are its lines on stdout; it updates nothing, so its counts would say "0 up to date".
-  if (log.lineCount === 0 && !options.dryRun) options.summary?.(
+  if (log.lineCount === linesBefore && !options.dryRun) options.summary?.(
     `bin-proxy: pass done: ${manifest.entries.length} checked, ${count("up-to-date")} up to date, ${count("updated") + count("adopted")} updated, ` +
       `${count("held")} held, ${count("busy")} busy, ${count("failed")} failed, took_ms=${Date.now() - startedAt.getTime()}`,
   );
