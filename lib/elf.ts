@@ -1,6 +1,5 @@
 // Owns the architecture check (SPEC §10): whether a downloaded ELF file is one this host can run, from its header.
 import { closeSync, constants, openSync, readSync } from "node:fs";
-import { hostCpuArch } from "./nodeinfo.ts";
 
 /** ELF's identification and e_machine all lie in the first 20 bytes; 64 is the whole ELF64 header. */
 export const ELF_HEADER_BYTES = 64;
@@ -71,7 +70,7 @@ export function readElfHeader(path: string): Uint8Array {
 }
 
 /** Throws ElfError when the file at path is an ELF this host cannot run (SPEC §10); call it before anything is swapped. */
-export function assertRunsHere(path: string, hostArch: string = hostCpuArch()): void {
+export function assertRunsHere(path: string, hostArch: string): void {
   const mismatch = elfMismatch(readElfHeader(path), hostArch);
   if (mismatch) throw mismatch;
 }

@@ -365,7 +365,6 @@ export function stateFromMetrics(samples: Sample[]): MetricsState {
 
 // ---- the state file ----
 
-
 // Each checks all the values of a record in one call. The state is read by every pass, in a process
 // too short-lived to gain from the JIT: a small helper called once per field of every binary crosses
 // the JIT's threshold and is compiled, which costs the pass more than it ever saves.

@@ -116,7 +116,7 @@ export function trustedKeysOrLog(settings: Settings, log: Logger): TrustedKeys |
 
 /** A binary whose update could not even start (the API did not name a target, or an unexpected error). */
 function failedBeforeStart(step: string, err: unknown): Outcome {
-  return { kind: "failed", step, error: errorText(err), undo: { kind: "nothing-to-restore" }, downloadedBytes: 0, rolledBack: false };
+  return { kind: "failed", step, error: errorText(err), undo: { kind: "nothing-to-restore" }, downloadedBytes: 0 };
 }
 
 /**

@@ -54,7 +54,7 @@ export function recordRunMetrics(settings: Settings, log: Logger, run: RunReport
   if (problem) log.warn("metrics_not_written", { file: settings.metricsFile, error: problem });
 }
 
-function binaryMetrics(openAttempts: Set<string>, entry: Entry, { target, outcome, event }: BinaryResult, now: Date): BinaryMetrics {
+function binaryMetrics(open: Set<string>, entry: Entry, { target, outcome, event }: BinaryResult, now: Date): BinaryMetrics {
   // Without a target (an operator command), the entry's own hold says whether it holds something.
   const hold = target ? activeHoldOf(entry, target.sha256, now) : entry.hold && activeHold(entry.hold, entry.hold.version, now);
   const metrics: BinaryMetrics = {
@@ -62,7 +62,7 @@ function binaryMetrics(openAttempts: Set<string>, entry: Entry, { target, outcom
     installed: entry.version,
     held: hold !== null,
     holdFailures: hold?.failures ?? 0,
-    uncommitted: openAttempts.has(entry.binaryName),
+    uncommitted: open.has(entry.binaryName),
   };
   if (target) Object.assign(metrics, { target: target.sha256, targetVersion: target.version });
   if (event) metrics.event = event;
@@ -71,7 +71,8 @@ function binaryMetrics(openAttempts: Set<string>, entry: Entry, { target, outcom
       updated: outcome.kind === "updated" || outcome.kind === "adopted",
       // An API that could not name a target fails the pass, not an update: none was tried.
       failed: outcome.kind === "failed" && target !== null,
-      rolledBack: outcome.kind === "failed" && outcome.rolledBack,
+      // Put back as it was, or given up after the second death (which puts the backup back too).
+      rolledBack: outcome.kind === "failed" && (outcome.undo.kind === "restored" || outcome.step === "give-up"),
       downloadedBytes: outcome.kind === "updated" || outcome.kind === "failed" ? outcome.downloadedBytes : 0,
     };
   }

@@ -121,7 +121,6 @@ export function signatureRecordPath(stateDir: string, name: string): string {
   return join(stateDir, "signatures", `${name}.json`);
 }
 
-
 function parseSignedVersion(value: unknown): SignedVersion {
   const version = isObject(value) ? parseSha256(value.version) : null;
   if (!isObject(value) || !version || !Number.isSafeInteger(value.timestamp) || (value.timestamp as number) < 0 || typeof value.keyId !== "string" || !/^[0-9A-F]{1,16}$/.test(value.keyId)) {

@@ -59,7 +59,7 @@ export interface PassContext {
 export type Outcome =
   | { kind: "up-to-date" | "adopted" | "held" | "busy" }
   | { kind: "updated"; downloadedBytes: number }
-  | { kind: "failed"; step: string; error: string; undo: Undo; downloadedBytes: number; rolledBack: boolean };
+  | { kind: "failed"; step: string; error: string; undo: Undo; downloadedBytes: number };
 
 /**
  * Where the version to install comes from. A pass downloads the API's target once the plan allows
@@ -559,8 +559,7 @@ async function failed(a: Attempt, result: Extract<StepsResult<Stop>, { ok: false
     writeAttempt(settings.stateDir, a.name, { ...a.record, inconsistent: result.undo.why });
   }
   if (a.lock) await progress(a, "failed");
-  const rolledBack = result.undo.kind === "restored" || result.step === "give-up";
-  return { kind: "failed", step: result.step, error: errorText(result.error), undo: result.undo, downloadedBytes: a.received, rolledBack };
+  return { kind: "failed", step: result.step, error: errorText(result.error), undo: result.undo, downloadedBytes: a.received };
 }
 
 /** The target is on disk and the manifest had no version (a first run on a host): record it, and tell the API. */
@@ -585,7 +584,6 @@ function hooks(a: Attempt) {
 /** The API's release name of target, for the manifest and status; null when it has none but the short hash. */
 const releaseName = (target: Target) => (target.version && target.version !== short(target.sha256) ? target.version : null);
 
-
 function recordManifest(a: Attempt, fields: Extract<ManifestEdit, { binaryName: string }>["fields"]): void {
   updateManifest(a.ctx.settings.manifest, a.ctx.settings.lockDir, [{ binaryName: a.name, fields }]);
 }
@@ -593,7 +591,7 @@ function recordManifest(a: Attempt, fields: Extract<ManifestEdit, { binaryName: 
 /** rollback NAME holds the version it leaves (the manifest's, when that was no longer on disk) until the API names another, keeping every other hold. */
 function rollbackHolds(a: Attempt): { hold: Hold; otherHolds: Hold[] | null } {
   const left = replacedOf(a) ?? a.entry.version!;
-  return addHold(a.holdsBefore ?? a.entry, holdAfterRollback(left), new Date());
+  return addHold(a.entry, holdAfterRollback(left), new Date());
 }
 
 /** The program the update restarts, or null; throws ServiceUnavailable when the entry names one and no supervisorctl was found. */
