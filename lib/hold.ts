@@ -54,12 +54,11 @@ export function addHold(entry: { hold: Hold | null; otherHolds?: Hold[] }, added
 /**
  * The entry's holds once target failed: its hold (counting on from an earlier hold of the same
  * target) replaces the manifest's `hold`, as a new target is judged afresh; the holds a rollback
- * kept stay.
+ * kept stay, as addHold keeps them (expired ones dropped).
  */
 export function holdsAfterFailure(entry: { hold: Hold | null; otherHolds?: Hold[] }, target: Sha256, now: Date, backoffSec: number): { hold: Hold; otherHolds: Hold[] | null } {
   const previous = holdsOf(entry).find((h) => h.version === target) ?? null;
-  const kept = (entry.otherHolds ?? []).filter((h) => h.version !== target);
-  return { hold: holdAfterFailure(previous, target, now, backoffSec), otherHolds: kept.length > 0 ? kept : null };
+  return addHold({ hold: null, otherHolds: entry.otherHolds }, holdAfterFailure(previous, target, now, backoffSec), now);
 }
 
 export function describeHold(hold: Hold): string {

@@ -178,4 +178,9 @@ describe("holdsAfterFailure: the holds a failed update leaves", () => {
     const result = holdsAfterFailure({ hold: holdAfterRollback(OLD), otherHolds: [kept] }, NEW, now, 600);
     expect(result).toEqual({ hold: { version: NEW, failures: 1, until: later(600) }, otherHolds: [kept] });
   });
+
+  test("an expired hold in otherHolds is dropped, as addHold drops it", () => {
+    const expired: Hold = { version: OTHER, failures: 1, until: later(-5) };
+    expect(holdsAfterFailure({ hold: null, otherHolds: [expired] }, NEW, now, 600)).toEqual({ hold: { version: NEW, failures: 1, until: later(600) }, otherHolds: null });
+  });
 });
