@@ -2,9 +2,10 @@
 // compiled executable; every case asserts the same invariants (exit status, binary intact, no stray file, no secret, a cause).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import {
-  chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync,
+  chmodSync, chownSync, existsSync, linkSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync,
   statSync, symlinkSync, writeFileSync,
 } from "node:fs";
+import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
@@ -681,7 +682,7 @@ describe("the filesystem fights back", () => {
     }
   });
 
-  test("a symlink planted where a lock, partial, backup or temp file will be created is never followed", async () => {
+  test("a symlink planted where a lock, partial, backup or temp file will be created is never followed; a hard link or FIFO at the partial is not used", async () => {
     const updated: Expectation = { code: 0, app: "updated", next: "updated", cause: null };
     const lockOf = (w: World) => join(w.host.lockDir, `${w.app}-${w.target.get(w.app)!.sha256}.lock`);
     const oldSha = (w: World) => sha256(w.old.get(w.app)!);
@@ -695,6 +696,10 @@ describe("the filesystem fights back", () => {
     );
     // The partial download: removed (unlink never follows), then created exclusively.
     await faultCase((w) => symlinkSync(w.victim, join(w.host.binDir, `.${w.app}.${w.target.get(w.app)!.sha256}.part`)), updated);
+    // A hard link there (as a killed rollback leaves its staged backup): never resumed nor truncated, since its bytes are another file's.
+    await faultCase((w) => linkSync(w.victim, join(w.host.binDir, `.${w.app}.${w.target.get(w.app)!.sha256}.part`)), updated);
+    // A FIFO there: never opened for reading bytes that will not come (the pass would wait forever).
+    await faultCase((w) => expect(spawnSync("mkfifo", [join(w.host.binDir, `.${w.app}.${w.target.get(w.app)!.sha256}.part`)]).status).toBe(0), updated);
     // The backup: replaced by rename, which never follows; it then holds the old binary.
     await faultCase(
       (w) => {
