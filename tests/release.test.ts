@@ -7,6 +7,7 @@ import pkg from "../package.json" with { type: "json" };
 import { buildRelease, RELEASE_ASSETS, writeReleaseFiles } from "../scripts/build.ts";
 import { artifact, startBinManager, type BinManager } from "./fixture/bin-manager.ts";
 import { hostPool, runBinProxy, type Host } from "./fixture/host.ts";
+import { requireMinisign } from "./fixture/minisign.ts";
 
 const QEMU = "qemu-aarch64-static";
 /** Debian's arm64 libc (libc6-arm64-cross): qemu-user finds the loader and libc.so.6 there. */
@@ -117,11 +118,8 @@ describe("release build", () => {
 });
 
 describe("a signed release (BIN_PROXY_SIGNING_KEY), signed by the real minisign", () => {
-  const minisign = () => {
-    const path = Bun.which("minisign");
-    if (!path) throw new Error("minisign is not installed (apt-get install minisign): the release signatures must be checked with it");
-    return path;
-  };
+  // The release signatures must be checked with the real minisign.
+  const minisign = requireMinisign;
   let signed: string;
   let pub: string;
   let secret: string;

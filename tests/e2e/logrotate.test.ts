@@ -3,6 +3,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { artifact, startBinManager, type BinManager } from "../fixture/bin-manager.ts";
+import { requireCommand } from "../fixture/daemon.ts";
 import { hostPool, runBinProxy } from "../fixture/host.ts";
 
 const README = resolve(import.meta.dir, "../../README.md");
@@ -29,9 +30,8 @@ function readmeSnippet(): string {
 }
 
 function logrotate(): string {
-  const path = Bun.which("logrotate") ?? ["/usr/sbin/logrotate", "/sbin/logrotate"].find(existsSync);
-  if (!path) throw new Error("logrotate is not installed (apt-get install logrotate): the README's rotation snippet must be run, not only read");
-  return path;
+  // The README's rotation snippet must be run, not only read.
+  return requireCommand("logrotate", "logrotate");
 }
 
 test("rotating between two passes: the first pass's lines in .1, the second's in the new file created by `create`", async () => {
