@@ -2,6 +2,7 @@
 import { mkdirSync } from "node:fs";
 import { BinManagerClient } from "./api.ts";
 import { ConfigError, DEFAULT_CONFIG_FILE, type Settings } from "./config.ts";
+import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./exit.ts";
 import { sweepOrphanTemps, sweepOrphanTempsUnder } from "./fsx.ts";
 import { HashCache, hashCachePath } from "./hash.ts";
 import { prepareLockDir } from "./lock.ts";
@@ -15,9 +16,6 @@ import { loadTrustedKeys } from "./signature.ts";
 import { binaryPath, preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
 import { VERSION } from "./version.ts";
 
-export const EXIT_OK = 0;
-export const EXIT_FAILED = 1;
-export const EXIT_CONFIG = 2;
 
 export interface PassOptions {
   dryRun: boolean;

@@ -1,15 +1,16 @@
 // Owns the operator's commands on one binary: `rollback NAME` (back to the kept previous version, held there) and `retry NAME` (clear a hold).
 import { existsSync } from "node:fs";
 import type { Settings } from "./config.ts";
+import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./exit.ts";
 import { short, type Sha256 } from "./hash.ts";
+import { holdsOf } from "./hold.ts";
 import { backupPath } from "./install.ts";
+import { readAttempt } from "./journal.ts";
 import { prepareLockDir } from "./lock.ts";
 import { errorText, type Logger } from "./log.ts";
-import { holdsOf } from "./hold.ts";
-import { readAttempt } from "./journal.ts";
 import { readManifestOrLog, updateManifest, type Entry, type Manifest } from "./manifest.ts";
+import { passContext, trustedKeysOrLog } from "./pass.ts";
 import { recordOperatorMetrics } from "./runmetrics.ts";
-import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK, passContext, trustedKeysOrLog } from "./pass.ts";
 import { updateBinary } from "./update.ts";
 
 export interface OperatorOptions {

@@ -2,12 +2,12 @@
 import { isAbsolute } from "node:path";
 import type { Target } from "./api.ts";
 import type { Settings } from "./config.ts";
+import { EXIT_CONFIG } from "./exit.ts";
 import { activeHold, activeHoldOf } from "./hold.ts";
 import { openAttempts } from "./journal.ts";
 import type { Logger } from "./log.ts";
 import { readManifest, type Entry } from "./manifest.ts";
 import { recordConfigError, recordRun, type BinaryEvent, type BinaryMetrics, type RunKind } from "./metrics.ts";
-import { EXIT_CONFIG } from "./pass.ts";
 import type { Outcome } from "./update.ts";
 
 /** One binary's share of a run: what the API named (null: not asked) and how its update ended (null: not touched). */

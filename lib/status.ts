@@ -3,17 +3,17 @@ import { readdirSync } from "node:fs";
 import { basename, dirname } from "node:path";
 import { ConfigError, type Settings } from "./config.ts";
 import { partialVersion, resumablePartial } from "./download.ts";
-import { readAttempt } from "./journal.ts";
-import { readLastPass } from "./metrics.ts";
-import { formatSignedTime } from "./minisign.ts";
-import { loadTrustedKeys, readSignatureRecord, signedVersionOf } from "./signature.ts";
+import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./exit.ts";
 import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
 import { activeHold, describeHold } from "./hold.ts";
+import { readAttempt } from "./journal.ts";
 import { listVersionLocks, type LockInfo } from "./lockinspect.ts";
 import { errorText } from "./log.ts";
 import { ManifestError, readManifest, type Entry, type Hold, type RejectedEntry } from "./manifest.ts";
-import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./pass.ts";
+import { readLastPass } from "./metrics.ts";
+import { formatSignedTime } from "./minisign.ts";
 import { parseState, supervisorStatus } from "./service.ts";
+import { loadTrustedKeys, readSignatureRecord, signedVersionOf } from "./signature.ts";
 import { binaryPath, currentHash } from "./update.ts";
 
 export interface BinaryStatus {
