@@ -439,11 +439,11 @@ export function readLastPass(stateDir: string): RunRecord | null {
 
 /**
  * Records one run: merges it into the state kept under stateDir (when that directory exists) and
- * rewrites metricsFile (when set). Never throws: returns what went wrong, for the caller to log, or
- * null. A state file that is garbage is replaced, starting from what the last metrics file says
- * (else from zero), and said so.
+ * rewrites metricsFile. Never throws: returns what went wrong, for the caller to log, or null. A
+ * state file that is garbage is replaced, starting from what the last metrics file says (else from
+ * zero), and said so.
  */
-export function recordRun(metricsFile: string | null, stateDir: string | null, run: RunMetrics): string | null {
+export function recordRun(metricsFile: string, stateDir: string | null, run: RunMetrics): string | null {
   try {
     // Runs at the same time (a cron pass and an operator's command) take turns: read, merge and
     // write under one flock, or one could write back a count the other had already raised.
@@ -454,7 +454,7 @@ export function recordRun(metricsFile: string | null, stateDir: string | null, r
   }
 }
 
-function mergeAndWrite(metricsFile: string | null, statePath: string | null, run: RunMetrics): string | null {
+function mergeAndWrite(metricsFile: string, statePath: string | null, run: RunMetrics): string | null {
   const problems: string[] = [];
   let saved: MetricsState | null = null;
   let published: MetricsState | null = null;
@@ -463,13 +463,13 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
       const text = readTextIfPresent(statePath);
       if (text !== null) saved = parseMetricsState(text);
     } catch (err) {
-      problems.push(`metrics state ${statePath} is unusable (${errorText(err)}); starting from ${metricsFile ? "the last metrics file" : "zero"}`);
+      problems.push(`metrics state ${statePath} is unusable (${errorText(err)}); starting from the last metrics file (from zero without one)`);
     }
   }
   // The metrics file is written before the state, so a state at least as new already holds all it
   // says; only a newer metrics file (a run that could not save the state, or was killed between the
   // two writes) or a lost state needs it read back. That keeps a no-op pass cheap.
-  if (metricsFile && (saved === null || !notNewer(metricsFile, statePath!))) {
+  if (saved === null || !notNewer(metricsFile, statePath!)) {
     try {
       const text = readTextIfPresent(metricsFile);
       if (text !== null) published = stateFromMetrics(parseExposition(text));
@@ -479,13 +479,11 @@ function mergeAndWrite(metricsFile: string | null, statePath: string | null, run
   }
   const previous = saved && published ? mergeStates(saved, published) : (saved ?? published ?? emptyState());
   const next = applyRun(previous, run);
-  if (metricsFile) {
-    try {
-      sweepOrphanTemps(metricsFile);
-      writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, { sync: "none", ownMeta: true });
-    } catch (err) {
-      problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
-    }
+  try {
+    sweepOrphanTemps(metricsFile);
+    writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, { sync: "none", ownMeta: true });
+  } catch (err) {
+    problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
   }
   if (statePath) {
     try {

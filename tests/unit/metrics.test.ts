@@ -191,8 +191,9 @@ describe("recordRun", () => {
   test("a garbage state file and no metrics file: counts start from zero, with a warning", () => {
     const host = freshHost();
     writeFileSync(metricsStatePath(host.stateDir), "\0garbage");
-    const warning = recordRun(null, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
-    expect(warning).toMatch(/metrics state .*metrics-state\.json is unusable \(not valid JSON.*starting from zero/);
+    const warning = recordRun(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
+    expect(warning).toMatch(/metrics state .*metrics-state\.json is unusable \(not valid JSON.*starting from the last metrics file \(from zero without one\)/);
+    expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_updates_total", { name: "app" })).toBe(1);
     expect(readLastPass(host.stateDir)?.exitCode).toBe(0);
   });
 
@@ -237,7 +238,7 @@ describe("recordRun", () => {
     rmSync(metricsStatePath(host.stateDir));
     mkdirSync(metricsStatePath(host.stateDir)); // a directory where the state goes: it can be neither read nor replaced
     const warning = recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app({ event: { updated: true } })]));
-    expect(warning).toMatch(/metrics state .*metrics-state\.json is unusable .*starting from the last metrics file; cannot save .*metrics-state\.json: .*EISDIR/);
+    expect(warning).toMatch(/metrics state .*metrics-state\.json is unusable .*not a regular file.*starting from the last metrics file .*; cannot save .*metrics-state\.json: .*EISDIR/);
     expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_updates_total", { name: "app" })).toBe(2);
     rmSync(metricsStatePath(host.stateDir), { recursive: true });
     expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app({ event: { updated: true } })]))).toBeNull();
