@@ -15,7 +15,7 @@ import { makeHost, runBinProxy, spawnBinProxy, type Host } from "../tests/fixtur
 import { makeKeyPair, sign, writeTrustedKeys } from "../tests/fixture/minisign.ts";
 import { mountOver } from "../tests/fixture/mount.ts";
 import { startNginx, startNginxProcess } from "../tests/fixture/nginx.ts";
-import { writeAll } from "../lib/fsx.ts";
+import { writeAll, writeFileAtomic } from "../lib/fsx.ts";
 import * as build from "./build.ts";
 
 const root = join(import.meta.dir, "..");
@@ -298,8 +298,7 @@ function writeResults(part: "host" | "fleet", doc: object): void {
   }
   const kept = previous["host"] !== undefined || previous["fleet"] !== undefined ? previous : {};
   const merged = { ...kept, [part]: doc };
-  writeFileSync(`${out}.tmp`, JSON.stringify({ host: merged["host"], fleet: merged["fleet"] }, null, 2) + "\n");
-  renameSync(`${out}.tmp`, out);
+  writeFileAtomic(out, JSON.stringify({ host: merged["host"], fleet: merged["fleet"] }, null, 2) + "\n");
   progress(`wrote ${out} (${part})`);
 }
 

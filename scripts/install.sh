@@ -310,7 +310,7 @@ preflight_install() {
 	fi
 	found_cron=$(cron_lines) || die "cannot read the cron configuration"
 	# The previous release's own file is the only cron line: it is rewritten (mv over it), not kept.
-	if is_previous_cron && [ "$found_cron" = "$CRON_FILE$tab* * * * * root /usr/local/sbin/bin-proxy.sh >/dev/null 2>&1" ]; then found_cron=; fi
+	if is_previous_cron && [ "$found_cron" = "$CRON_FILE$tab$(write_previous_cron | tail -n 1)" ]; then found_cron=; fi
 }
 
 write_config() {
