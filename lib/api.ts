@@ -31,11 +31,14 @@ export interface Installed {
 
 const MAX_JSON_BYTES = 1 << 20;
 
+/** The API's own words in an answer's {code, message} envelope, one line and at most 200 characters; "" when it has none. */
+const messageOf = (body: Json): string => (typeof body.message === "string" ? body.message.replace(/\s+/g, " ").slice(0, 200) : "");
+
 /** The payload of an answer: `data` of the {code, message, data} envelope, or the whole body of a build without one. */
 export function unwrap(body: unknown): Json {
   if (!isObject(body)) throw new ApiError("answer is not a JSON object");
   if ("code" in body && body.code !== 0) {
-    const message = typeof body.message === "string" ? body.message.slice(0, 200) : "";
+    const message = messageOf(body);
     throw new ApiError(`API answered code ${JSON.stringify(body.code)}${message ? `: ${message}` : ""}`);
   }
   if ("data" in body) {
@@ -62,7 +65,8 @@ export function parseKeepaliveStatus(body: unknown): string {
 async function apiMessage(res: Response, what: string): Promise<string> {
   try {
     const body: unknown = JSON.parse(new TextDecoder().decode(await readCapped(res, MAX_JSON_BYTES, what)));
-    return isObject(body) && typeof body.message === "string" && body.message ? `: ${body.message.replace(/\s+/g, " ").slice(0, 200)}` : "";
+    const message = isObject(body) ? messageOf(body) : "";
+    return message ? `: ${message}` : "";
   } catch {
     return "";
   }

@@ -126,6 +126,19 @@ export function parsePartialInfo(text: string): PartialInfo | null {
   }
 }
 
+/**
+ * What a partial of size bytes, with info or none beside it, is worth to the next download (pure):
+ * start over; resume from its whole blocks, when its response announced more and named a validator
+ * (not worth hashing before asking for the rest); or hash it whole (all the bytes announced, or no
+ * validator to resume with): it is the target, or worth nothing.
+ */
+export function judgePartial(size: number, info: PartialInfo | null, maxBytes: number): { kind: "restart" } | { kind: "resume"; kept: number } | { kind: "hash-whole" } {
+  if (size === 0 || size > maxBytes) return { kind: "restart" };
+  const kept = keptBytes(size);
+  if (info && kept > 0 && size !== info.total) return { kind: "resume", kept };
+  return { kind: "hash-whole" };
+}
+
 /** The bytes of a partial file of `size` bytes that are kept: its whole blocks (a torn tail is never trusted). */
 export function keptBytes(size: number): number {
   return size - (size % BLOCK);
@@ -172,18 +185,16 @@ class PartialFile {
     try {
       const size = fstatSync(fd).size;
       const info = readPartialInfo(path);
-      if (size === 0 || size > maxBytes) {
+      const worth = judgePartial(size, info, maxBytes);
+      if (worth.kind === "restart") {
         await partial.restart();
         return { partial, complete: false };
       }
-      const kept = keptBytes(size);
-      if (info && kept > 0 && size !== info.total) {
-        // Short of the size its response announced: resumable, and not worth hashing before asking for the rest.
-        ftruncateSync(fd, kept); // a torn tail is dropped, never trusted
-        partial.resumeFrom(kept, info);
+      if (worth.kind === "resume") {
+        ftruncateSync(fd, worth.kept); // a torn tail is dropped, never trusted
+        partial.resumeFrom(worth.kept, info!);
         return { partial, complete: false };
       }
-      // No validator to resume with, or all the bytes its response announced: whole, or worth nothing.
       const whole = new Bun.CryptoHasher("sha256");
       await readBlocks(fd, 0, size, (block) => whole.update(block));
       if (whole.digest("hex") === expected) {
@@ -564,7 +575,7 @@ function isFile(path: string): boolean {
  * the whole size when known; null when there is nothing to resume. Reads only (for --dry-run and
  * status); whether the kept bytes are right is only known once they are re-hashed.
  */
-export function resumablePartial(binPath: string, sha: Sha256): { bytes: number; total: number | null; validator: string } | null {
+export function resumablePartial(binPath: string, sha: Sha256, maxBytes: number): { bytes: number; total: number | null; validator: string } | null {
   const path = partialPath(binPath, sha);
   let size: number;
   try {
@@ -574,8 +585,9 @@ export function resumablePartial(binPath: string, sha: Sha256): { bytes: number;
   } catch {
     return null;
   }
+  // As the download will judge it; a partial to hash whole is only shown when it holds every byte announced.
   const info = readPartialInfo(path);
-  if (!info) return null;
-  const bytes = size === info.total ? size : keptBytes(size);
-  return bytes > 0 ? { bytes, total: info.total, validator: info.validator } : null;
+  const worth = judgePartial(size, info, maxBytes);
+  if (!info || worth.kind === "restart" || (worth.kind === "hash-whole" && size !== info.total)) return null;
+  return { bytes: worth.kind === "resume" ? worth.kept : size, total: info.total, validator: info.validator };
 }

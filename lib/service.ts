@@ -23,11 +23,14 @@ export function parseState(output: string, program: string): string | null {
   return null;
 }
 
+/** supervisorctl's own command line: its path, and `-c CONFIG` when one is set. */
+const commandOf = (ctl: Supervisorctl): string[] => [ctl.path, ...(ctl.config ? ["-c", ctl.config] : [])];
+
 async function supervisorctl(ctl: Supervisorctl, args: string[], timeoutMs: number): Promise<{ code: number; output: string }> {
   // cwd "/": without -c, supervisorctl reads a supervisord.conf from its working directory first.
   // The environment is passed without the API token: no child ever needs it.
   const { BIN_MANAGER_TOKEN: _token, ...env } = process.env;
-  const child = Bun.spawn([ctl.path, ...(ctl.config ? ["-c", ctl.config] : []), ...args], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: timeoutMs, killSignal: "SIGKILL" });
+  const child = Bun.spawn([...commandOf(ctl), ...args], { cwd: "/", env, stdin: "ignore", stdout: "pipe", stderr: "pipe", timeout: timeoutMs, killSignal: "SIGKILL" });
   const [out, err, code] = await Promise.all([new Response(child.stdout).text(), new Response(child.stderr).text(), child.exited]);
   return { code, output: (out + err).trim() };
 }
@@ -109,8 +112,7 @@ export function accepts(port: number, timeoutMs: number): Promise<boolean> {
 
 /** Where the program's own words are: supervisor keeps its output, and `supervisorctl tail` shows it wherever the log file is. */
 function whereItsLogIs(check: ServiceCheck): string {
-  const ctl = [check.supervisorctl.path, ...(check.supervisorctl.config ? ["-c", check.supervisorctl.config] : [])].join(" ");
-  return `; its output: ${ctl} tail ${check.program} stderr`;
+  return `; its output: ${commandOf(check.supervisorctl).join(" ")} tail ${check.program} stderr`;
 }
 
 const oneLine = (text: string) => text.replace(/\s+/g, " ").slice(0, 300);

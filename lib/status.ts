@@ -120,7 +120,7 @@ async function collect(settings: Settings, entries: Entry[], now: Date): Promise
       hold: entry.hold && { ...entry.hold, active: activeHold(entry.hold, entry.hold.version, now) !== null },
       attempt: attemptOf(settings.stateDir, entry.binaryName),
       signedAt: signedAtOf(settings.stateDir, entry.binaryName, onDisk),
-      partial: partialOf(path),
+      partial: partialOf(path, settings.maxDownloadBytes),
       attention: null,
     };
     const unknownBecause = row.supervisor === "UNKNOWN" ? oneLine(states) || "supervisorctl printed nothing" : null;
@@ -140,7 +140,7 @@ function signedAtOf(stateDir: string, name: string, onDisk: Sha256 | null): stri
 }
 
 /** The resumable partial download of the binary at path, whichever version it is of. */
-function partialOf(path: string): BinaryStatus["partial"] {
+function partialOf(path: string, maxBytes: number): BinaryStatus["partial"] {
   let files: string[];
   try {
     files = readdirSync(dirname(path));
@@ -149,7 +149,7 @@ function partialOf(path: string): BinaryStatus["partial"] {
   }
   for (const file of files) {
     const version = partialVersion(file, basename(path));
-    const kept = version && resumablePartial(path, version);
+    const kept = version && resumablePartial(path, version, maxBytes);
     if (version && kept) return { version, bytes: kept.bytes, total: kept.total };
   }
   return null;

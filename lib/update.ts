@@ -138,7 +138,7 @@ export async function preview(ctx: PassContext, entry: Entry, target: Target): P
       if (lock?.kind === "busy") return "busy";
       const takeover = lock === null ? "" : lock.kind === "end-holder" ? " (after ending the run past LOCK_TIMEOUT on it)" : ` (taking over its ${lock.why === "stale" ? "stale" : "dead holder's"} lock)`;
       if (decision.kind === "finish") return `would restart ${entry.serviceName || entry.binaryName} on ${short(target.sha256)} and record it${takeover}`;
-      const kept = resumablePartial(binPath, target.sha256);
+      const kept = resumablePartial(binPath, target.sha256, ctx.settings.maxDownloadBytes);
       const resume = kept ? ` (resuming a partial download: ${kept.bytes} of ${kept.total ?? "?"} bytes kept)` : "";
       const would = (onDisk ? `would update ${short(onDisk)} -> ${short(target.sha256)}` : `would install ${short(target.sha256)}`) + takeover + resume;
       return ctx.trustedKeys ? `${would}; ${await previewSignature(ctx, entry, onDisk, target)}` : would;

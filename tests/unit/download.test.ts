@@ -4,9 +4,12 @@ import { existsSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  judgeAnswer, keptBytes, parseContentRange, parsePartialInfo, partialPath, removePartials, resumablePartial, validatorOf, type Resume,
+  judgeAnswer, judgePartial, keptBytes, parseContentRange, parsePartialInfo, partialPath, removePartials, resumablePartial, validatorOf, type Resume,
 } from "../../lib/download.ts";
 import { parseSha256, type Sha256 } from "../../lib/hash.ts";
+
+/** MAX_DOWNLOAD_BYTES, as large as any test here needs. */
+const MAX = 1 << 30;
 
 const BLOCK = 4 << 20;
 const sha = (c: string) => parseSha256(c.repeat(64))!;
@@ -98,20 +101,36 @@ describe("partial files on disk", () => {
 
   test("resumablePartial: the whole blocks kept and the size, only with a validator beside them", () => {
     const partial = partialPath(bin, target);
-    expect(resumablePartial(bin, target)).toBeNull();
+    expect(resumablePartial(bin, target, MAX)).toBeNull();
     writeFileSync(partial, new Uint8Array(2 * BLOCK + 100));
-    expect(resumablePartial(bin, target)).toBeNull(); // nothing to ask If-Range with
+    expect(resumablePartial(bin, target, MAX)).toBeNull(); // nothing to ask If-Range with
     writeFileSync(`${partial}.meta`, JSON.stringify({ validator: '"v"', total: 10 * BLOCK }));
-    expect(resumablePartial(bin, target)).toEqual({ bytes: 2 * BLOCK, total: 10 * BLOCK, validator: '"v"' });
+    expect(resumablePartial(bin, target, MAX)).toEqual({ bytes: 2 * BLOCK, total: 10 * BLOCK, validator: '"v"' });
     writeFileSync(`${partial}.meta`, JSON.stringify({ validator: '"v"', total: 2 * BLOCK + 100 }));
-    expect(resumablePartial(bin, target)).toEqual({ bytes: 2 * BLOCK + 100, total: 2 * BLOCK + 100, validator: '"v"' });
+    expect(resumablePartial(bin, target, MAX)).toEqual({ bytes: 2 * BLOCK + 100, total: 2 * BLOCK + 100, validator: '"v"' });
     writeFileSync(partial, new Uint8Array(100));
-    expect(resumablePartial(bin, target)).toBeNull(); // less than a block: nothing would be kept
+    expect(resumablePartial(bin, target, MAX)).toBeNull(); // less than a block: nothing would be kept
     // An info that is a symlink (even to a valid one) is never followed.
     writeFileSync(partial, new Uint8Array(BLOCK));
     writeFileSync(join(dir, "elsewhere"), JSON.stringify({ validator: '"v"', total: null }));
     rmSync(`${partial}.meta`);
     symlinkSync(join(dir, "elsewhere"), `${partial}.meta`);
-    expect(resumablePartial(bin, target)).toBeNull();
+    expect(resumablePartial(bin, target, MAX)).toBeNull();
+    // Larger than MAX_DOWNLOAD_BYTES allows: the download starts over, so nothing is shown as kept.
+    rmSync(`${partial}.meta`);
+    writeFileSync(`${partial}.meta`, JSON.stringify({ validator: '"v"', total: 10 * BLOCK }));
+    writeFileSync(partial, new Uint8Array(2 * BLOCK));
+    expect(resumablePartial(bin, target, MAX)).toEqual({ bytes: 2 * BLOCK, total: 10 * BLOCK, validator: '"v"' });
+    expect(resumablePartial(bin, target, 2 * BLOCK - 1)).toBeNull();
+  });
+
+  test("judgePartial: start over, resume from whole blocks, or hash whole, as the download does", () => {
+    const info = { validator: '"v"', total: 10 * BLOCK };
+    expect(judgePartial(0, info, MAX)).toEqual({ kind: "restart" });
+    expect(judgePartial(11 * BLOCK, info, 10 * BLOCK)).toEqual({ kind: "restart" });
+    expect(judgePartial(2 * BLOCK + 100, info, MAX)).toEqual({ kind: "resume", kept: 2 * BLOCK });
+    expect(judgePartial(10 * BLOCK, info, MAX)).toEqual({ kind: "hash-whole" }); // every byte announced
+    expect(judgePartial(2 * BLOCK, null, MAX)).toEqual({ kind: "hash-whole" }); // no validator to resume with
+    expect(judgePartial(100, info, MAX)).toEqual({ kind: "hash-whole" }); // not a whole block
   });
 });
