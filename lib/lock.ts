@@ -87,9 +87,15 @@ export async function acquireVersionLock(req: LockRequest): Promise<LockResult> 
         ended = step.holder.pid;
         continue;
       case "acquired": {
-        for (const holder of step.toEnd) await terminate(holder, graceMs);
         const tookOver = step.tookOver && ended !== null ? `${step.tookOver}; its holder pid ${ended} was ended` : step.tookOver;
-        return { kind: "acquired", obsolete: step.obsolete, lock: heldLock(req.lockDir, path, step.fd, now, tookOver) };
+        const lock = heldLock(req.lockDir, path, step.fd, now, tookOver);
+        try {
+          for (const holder of step.toEnd) await terminate(holder, graceMs);
+        } catch (err) {
+          lock.release();
+          throw err;
+        }
+        return { kind: "acquired", obsolete: step.obsolete, lock };
       }
     }
   }
@@ -98,10 +104,22 @@ export async function acquireVersionLock(req: LockRequest): Promise<LockResult> 
 
 /** One look at the lock, under the lock directory's flock: take it, or say why not. */
 function takeStep(req: LockRequest, path: string, now: number): Step {
+  // The lock is ours once placed: should dropping the other versions' fail, it is given up again, so
+  // no lock is left whose record names this live run (only the next pass could take it over).
+  const acquired = (fd: number, tookOver: string | null): Step => {
+    try {
+      return { kind: "acquired", fd, tookOver, ...dropOtherVersions(req, now) };
+    } catch (err) {
+      removeIfPresent(path);
+      removeIfPresent(holderPath(path));
+      closeSync(fd);
+      throw err;
+    }
+  };
   const found = observeLock(path, now, "probe");
   if (!found) {
     const placed = placeLock(path, now, null);
-    return placed === null ? { kind: "raced" } : { kind: "acquired", fd: placed, tookOver: null, ...dropOtherVersions(req, now) };
+    return placed === null ? { kind: "raced" } : acquired(placed, null);
   }
   const verdict = judgeLock({ ...found, timeoutSec: req.timeoutSec });
   switch (verdict.kind) {
@@ -111,8 +129,7 @@ function takeStep(req: LockRequest, path: string, now: number): Step {
       return { kind: "end-holder", holder: found.line!, ageSec: found.ageSec };
     case "take-over": {
       const reason = verdict.why === "stale" ? `stale: ${found.ageSec}s old` : `holder pid ${found.line!.pid} no longer exists`;
-      const placed = placeLock(path, now, found.line ? [found.line] : []);
-      return { kind: "acquired", fd: placed!, tookOver: reason, ...dropOtherVersions(req, now) };
+      return acquired(placeLock(path, now, found.line ? [found.line] : [])!, reason);
     }
   }
 }

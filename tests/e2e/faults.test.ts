@@ -687,6 +687,9 @@ describe("the filesystem fights back", () => {
     const lockOf = (w: World) => join(w.host.lockDir, `${w.app}-${w.target.get(w.app)!.sha256}.lock`);
     const oldSha = (w: World) => sha256(w.old.get(w.app)!);
 
+    // A directory where another version's lock would be: it cannot be dropped, so the lock just taken
+    // is given up again; the update fails naming it, and no lock is left naming this run.
+    await faultCase((w) => mkdirSync(join(w.host.lockDir, `${w.app}-${"e".repeat(64)}.lock`)), installFails("lock", /EISDIR/));
     // The version lock: refused (ELOOP), the update of that binary fails, the others go on.
     await faultCase((w) => symlinkSync(w.victim, lockOf(w)), installFails("lock", /ELOOP.*a symlink where bin-proxy keeps its own file; it is never followed/));
     // The manifest's lock: no manifest change can be recorded, so the updates are undone.
