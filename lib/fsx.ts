@@ -94,11 +94,10 @@ export function fsyncDir(dir: string): void {
 /**
  * How much of a replacement reaches the disk before it returns. "rename" (the default): the data
  * before the rename and the directory entry after it, so the replacement itself survives a power
- * cut. "contents": the data only, so a power cut leaves the old file or the complete new one, never
- * an empty one, but may undo the replacement. "none": a rewrite that a later run makes again whole
- * (the metrics file), where the rename alone keeps readers from ever seeing it torn.
+ * cut. "none": a rewrite that a later run makes again whole (the metrics file), where the rename
+ * alone keeps readers from ever seeing it torn.
  */
-export type Sync = "rename" | "contents" | "none";
+export type Sync = "rename" | "none";
 
 /**
  * The one way a file is replaced. Mode and owner are set and the data made durable before the
@@ -110,7 +109,7 @@ export function replaceAtomically(fd: number, tempPath: string, dest: string, me
   try {
     fchownSync(fd, meta.uid, meta.gid);
     fchmodSync(fd, meta.mode);
-    if (sync !== "none") fsyncSync(fd);
+    if (sync === "rename") fsyncSync(fd);
     // rename goes by name: a run whose temp file was removed and made again by another (it was ended,
     // or the old script took its lock) must not install that other run's unfinished file.
     const ours = fstatSync(fd);

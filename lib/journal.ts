@@ -3,7 +3,7 @@ import { existsSync, readdirSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { ensureDirectory, readTextIfPresent, removeIfPresent, sweepOrphanTempsUnder, writeFileAtomic } from "./fsx.ts";
 import { parseSha256, type Sha256 } from "./hash.ts";
-import { isObject, type Json } from "./json.ts";
+import { isObject } from "./json.ts";
 
 /**
  * An update between "about to swap" and "committed", as the journal keeps it. Written before the

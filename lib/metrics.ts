@@ -1,203 +1,18 @@
-// Owns the Prometheus textfile (SPEC §11): what a run tells it, the counters kept across runs, and the atomic 0644 write.
+// Owns the Prometheus textfile (SPEC §11): its text, reading back one an earlier run wrote, and recording a run into it and the state under one flock.
 import { existsSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { withExclusiveLock } from "./flock.ts";
-import { readTextIfPresent, readTextNoFollow, sweepOrphanTemps, writeFileAtomic } from "./fsx.ts";
-import { short, type Sha256 } from "./hash.ts";
-import { isObject, isTime, type Json } from "./json.ts";
+import { readTextIfPresent, sweepOrphanTemps, writeFileAtomic } from "./fsx.ts";
 import { errorText } from "./log.ts";
+import {
+  applyRun, canLogPass, count, emptyState, logPass, mergeStates, metricsStatePath, readSavedState, RUN_KINDS, saveSnapshot, SHORT_HEX, versionLabel,
+  type BinaryState, type MetricsState, type RunKind, type RunMetrics, type RunRecord, type SavedState,
+} from "./metricsstate.ts";
 import { nameProblem } from "./manifest.ts";
 import { COMMIT, VERSION } from "./version.ts";
 
-/** The runs that write the metrics; `status` and `--dry-run` are read-only and write nothing. */
-const RUN_KINDS = ["pass", "rollback", "retry", "config-error"] as const;
-export type RunKind = (typeof RUN_KINDS)[number];
-
-/** What one run of bin-proxy tells the metrics: filled in by the pass or the operator command that ran. */
-export interface RunMetrics {
-  kind: RunKind;
-  startedAt: Date;
-  durationMs: number;
-  exitCode: number;
-  /** Whether every target must be signed (SPEC §9); null: not known (the trusted keys were not read). */
-  signaturesRequired: boolean | null;
-  /** Every managed binary; null: the manifest could not be read, so what is known of each is kept from earlier runs. */
-  binaries: BinaryMetrics[] | null;
-}
-
-export interface BinaryMetrics {
-  /** A manifest entry's binary name, so a plain name (SPEC §4): it is shown as a label as it is. */
-  name: string;
-  /** SHA-256 of the file on disk after the run; null: no file. */
-  installed: Sha256 | null;
-  /** The API's target; null or absent: this run did not learn it (rollback, retry, an API error), so the last known one is kept. */
-  target?: Sha256 | null;
-  /** The API's release name for target (`data.version`). */
-  targetVersion?: string;
-  held: boolean;
-  /** Consecutive failures of the held target (0 when not held, or held by `rollback`). */
-  holdFailures: number;
-  /** An update attempt is recorded and not committed (SPEC §12). */
-  uncommitted: boolean;
-  /** What happened to the binary in this run; each true counts once. */
-  event?: BinaryEvent;
-}
-
-export interface BinaryEvent {
-  updated?: boolean;
-  failed?: boolean;
-  rolledBack?: boolean;
-  /** Bytes received by downloads of this run, successful or not. */
-  downloadedBytes?: number;
-}
-
-/** The last pass as `status` shows it; at is when it ended. */
-export interface RunRecord {
-  kind: RunKind;
-  at: string;
-  durationMs: number;
-  exitCode: number;
-}
-
-interface Counters {
-  updates: number;
-  failures: number;
-  rollbacks: number;
-  downloadedBytes: number;
-}
-
-interface BinaryState {
-  /** Short (12 hex) hashes: all the metrics ever show. */
-  installed: string | null;
-  target: string | null;
-  targetVersion: string;
-  held: boolean;
-  holdFailures: number;
-  uncommitted: boolean;
-  counters: Counters;
-}
-
-/** Everything the metrics file shows, kept under the state dir between runs. */
-export interface MetricsState {
-  runs: Record<RunKind, number>;
-  lastRun: RunRecord | null;
-  /** The last pass (or configuration error: a cron run that could not start is a failed pass). */
-  lastPass: RunRecord | null;
-  lastSuccessAt: string | null;
-  signaturesRequired: boolean | null;
-  binaries: Record<string, BinaryState>;
-}
-
-const STATE_FILE = "metrics-state.json";
-/** Beside the state file, never removed (a flock on a file that can vanish could be raced). */
+/** Beside the state, never removed (a flock on a file that can vanish could be raced). */
 const LOCK_FILE = ".metrics.lock";
-const STATE_FORMAT = 1;
-const SHORT_HEX = /^[0-9a-f]{12}$/;
-/** An API release name is shown as a label: kept printable and short, so one odd value cannot bloat the file. */
-const MAX_VERSION_NAME = 64;
-const NOT_PRINTABLE = /[^\x20-\x7e]/;
-const VERSION_LABEL = new RegExp(`^[\\x20-\\x7e]{0,${MAX_VERSION_NAME}}$`);
-
-export function metricsStatePath(stateDir: string): string {
-  return join(stateDir, STATE_FILE);
-}
-
-export function emptyState(): MetricsState {
-  return { runs: { pass: 0, rollback: 0, retry: 0, "config-error": 0 }, lastRun: null, lastPass: null, lastSuccessAt: null, signaturesRequired: null, binaries: noBinaries() };
-}
-
-/** A map of binaries by name with no prototype: `__proto__` and `constructor` are plain names too. */
-const noBinaries = (): Record<string, BinaryState> => Object.create(null);
-const zeroCounters = (): Counters => ({ updates: 0, failures: 0, rollbacks: 0, downloadedBytes: 0 });
-const latest = (a: RunRecord | null, b: RunRecord | null): RunRecord | null => (!a ? b : !b ? a : Date.parse(b.at) > Date.parse(a.at) ? b : a);
-const laterTime = (a: string | null, b: string | null): string | null => (!a ? b : !b ? a : Date.parse(b) > Date.parse(a) ? b : a);
-const count = (n: number | undefined): number => (Number.isSafeInteger(n) && n! > 0 ? n! : 0);
-
-/** A release name as a label may show it: printable ASCII, at most MAX_VERSION_NAME characters. */
-function versionLabel(name: string | undefined): string {
-  const label = name ?? "";
-  return (NOT_PRINTABLE.test(label) ? label.replace(new RegExp(NOT_PRINTABLE, "g"), "?") : label).slice(0, MAX_VERSION_NAME);
-}
-
-/**
- * The state after run (pure). Counters only grow; facts a run did not learn (a target, or every
- * binary when the manifest was unreadable) are kept from before; binaries no longer in a readable
- * manifest are dropped, with their counters.
- */
-export function applyRun(previous: MetricsState, run: RunMetrics): MetricsState {
-  const thisRun: RunRecord = {
-    kind: run.kind,
-    at: new Date(run.startedAt.getTime() + run.durationMs).toISOString(),
-    durationMs: Math.max(0, Math.round(run.durationMs)),
-    exitCode: run.exitCode,
-  };
-  const countsAsPass = run.kind === "pass" || run.kind === "config-error";
-  let binaries = previous.binaries;
-  if (run.binaries !== null) {
-    binaries = noBinaries();
-    for (const b of run.binaries) {
-      const before = previous.binaries[b.name];
-      const target = b.target ? short(b.target) : (before?.target ?? null);
-      const sameTarget = target === before?.target;
-      const c = before?.counters ?? zeroCounters();
-      const e = b.event ?? {};
-      binaries[b.name] = {
-        installed: b.installed && short(b.installed),
-        target,
-        targetVersion: b.targetVersion !== undefined ? versionLabel(b.targetVersion) : sameTarget ? (before?.targetVersion ?? "") : "",
-        held: b.held,
-        holdFailures: b.holdFailures,
-        uncommitted: b.uncommitted,
-        counters: {
-          updates: c.updates + (e.updated ? 1 : 0),
-          failures: c.failures + (e.failed ? 1 : 0),
-          rollbacks: c.rollbacks + (e.rolledBack ? 1 : 0),
-          downloadedBytes: c.downloadedBytes + count(e.downloadedBytes),
-        },
-      };
-    }
-  }
-  return {
-    runs: { ...previous.runs, [run.kind]: previous.runs[run.kind] + 1 },
-    lastRun: thisRun,
-    lastPass: countsAsPass ? thisRun : previous.lastPass,
-    lastSuccessAt: run.kind === "pass" && run.exitCode === 0 ? thisRun.at : previous.lastSuccessAt,
-    signaturesRequired: run.signaturesRequired ?? previous.signaturesRequired,
-    binaries,
-  };
-}
-
-/**
- * Two accounts of the same history (the state file, and the last metrics file written): facts from
- * primary, every counter and time the larger of both. A run that could only write the metrics file
- * (a configuration error naming no state dir) or a state file lost to a crash or garbage never
- * makes a counter go back.
- */
-function mergeStates(primary: MetricsState, other: MetricsState): MetricsState {
-  const binaries = noBinaries();
-  for (const [name, b] of Object.entries(primary.binaries)) {
-    const o = other.binaries[name]?.counters ?? zeroCounters();
-    binaries[name] = {
-      ...b,
-      counters: {
-        updates: Math.max(b.counters.updates, o.updates),
-        failures: Math.max(b.counters.failures, o.failures),
-        rollbacks: Math.max(b.counters.rollbacks, o.rollbacks),
-        downloadedBytes: Math.max(b.counters.downloadedBytes, o.downloadedBytes),
-      },
-    };
-  }
-  const runs = { ...primary.runs };
-  for (const kind of RUN_KINDS) runs[kind] = Math.max(primary.runs[kind], other.runs[kind]);
-  return {
-    runs,
-    lastRun: latest(primary.lastRun, other.lastRun),
-    lastPass: latest(primary.lastPass, other.lastPass),
-    lastSuccessAt: laterTime(primary.lastSuccessAt, other.lastSuccessAt),
-    signaturesRequired: primary.signaturesRequired ?? other.signaturesRequired,
-    binaries,
-  };
-}
 
 // ---- the exposition text ----
 
@@ -363,79 +178,7 @@ export function stateFromMetrics(samples: Sample[]): MetricsState {
   return state;
 }
 
-// ---- the state file ----
-
-// Each checks all the values of a record in one call. The state is read by every pass, in a process
-// too short-lived to gain from the JIT: a small helper called once per field of every binary crosses
-// the JIT's threshold and is compiled, which costs the pass more than it ever saves.
-
-/** Whether every value is a count (a non-negative safe integer). */
-function allCounts(...values: unknown[]): boolean {
-  for (const v of values) if (!Number.isSafeInteger(v) || (v as number) < 0) return false;
-  return true;
-}
-
-/** Whether every value is null or a short (12 hex) hash. */
-function allShortOrNull(...values: unknown[]): boolean {
-  for (const v of values) if (v !== null && !(typeof v === "string" && SHORT_HEX.test(v))) return false;
-  return true;
-}
-
-function parseRecord(v: unknown): RunRecord | null | undefined {
-  if (v === null) return null;
-  if (!isObject(v) || !(RUN_KINDS as readonly unknown[]).includes(v.kind) || !isTime(v.at) || !allCounts(v.durationMs) || !Number.isInteger(v.exitCode)) return undefined;
-  return { kind: v.kind as RunKind, at: v.at, durationMs: v.durationMs as number, exitCode: v.exitCode as number };
-}
-
-function parseBinary(v: unknown): BinaryState | undefined {
-  if (!isObject(v)) return undefined;
-  const { installed, target, targetVersion, held, holdFailures, uncommitted } = v;
-  const { updates, failures, rollbacks, downloadedBytes } = (v.counters ?? {}) as Json;
-  const valid = allShortOrNull(installed, target) && typeof targetVersion === "string" && VERSION_LABEL.test(targetVersion) && typeof held === "boolean" && typeof uncommitted === "boolean";
-  if (!valid || !allCounts(holdFailures, updates, failures, rollbacks, downloadedBytes)) return undefined;
-  return { installed: installed as string | null, target: target as string | null, targetVersion, held, holdFailures: holdFailures as number, uncommitted, counters: { updates, failures, rollbacks, downloadedBytes } as Counters };
-}
-
-class MetricsStateError extends Error {}
-
-/** Validates the state file's text into a MetricsState; throws MetricsStateError naming what is wrong. */
-function parseMetricsState(text: string): MetricsState {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch (err) {
-    throw new MetricsStateError(`not valid JSON: ${(err as Error).message}`);
-  }
-  if (!isObject(doc) || doc.format !== STATE_FORMAT) throw new MetricsStateError(`not a format ${STATE_FORMAT} metrics state`);
-  const state = emptyState();
-  if (!isObject(doc.runs) || !allCounts(...RUN_KINDS.map((kind) => (doc.runs as Json)[kind]))) throw new MetricsStateError("runs must count every run kind");
-  for (const kind of RUN_KINDS) state.runs[kind] = (doc.runs as Json)[kind] as number;
-  const lastRun = parseRecord(doc.lastRun);
-  const lastPass = parseRecord(doc.lastPass);
-  if (lastRun === undefined || lastPass === undefined) throw new MetricsStateError("lastRun and lastPass must be null or {kind, at, durationMs, exitCode}");
-  if (!(doc.lastSuccessAt === null || isTime(doc.lastSuccessAt))) throw new MetricsStateError("lastSuccessAt must be null or a time");
-  if (!(doc.signaturesRequired === null || typeof doc.signaturesRequired === "boolean")) throw new MetricsStateError("signaturesRequired must be null or a boolean");
-  if (!isObject(doc.binaries)) throw new MetricsStateError("binaries must be an object");
-  for (const name in doc.binaries) {
-    const b = parseBinary(doc.binaries[name]);
-    if (nameProblem(name) || !b) throw new MetricsStateError(`binaries.${JSON.stringify(name).slice(0, 80)} is not valid`);
-    state.binaries[name] = b;
-  }
-  return { ...state, lastRun, lastPass, lastSuccessAt: doc.lastSuccessAt as string | null, signaturesRequired: doc.signaturesRequired as boolean | null };
-}
-
-function formatMetricsState(state: MetricsState): string {
-  return JSON.stringify({ format: STATE_FORMAT, ...state }, null, 2) + "\n";
-}
-
-/** The last pass recorded under stateDir, for `status`; null when none was, or the file cannot be read. */
-export function readLastPass(stateDir: string): RunRecord | null {
-  try {
-    return parseMetricsState(readTextNoFollow(metricsStatePath(stateDir))).lastPass;
-  } catch {
-    return null;
-  }
-}
+// ---- recording a run ----
 
 /**
  * Records one run: merges it into the state kept under stateDir (when that directory exists) and
@@ -447,29 +190,28 @@ export function recordRun(metricsFile: string, stateDir: string | null, run: Run
   try {
     // Runs at the same time (a cron pass and an operator's command) take turns: read, merge and
     // write under one flock, or one could write back a count the other had already raised.
-    if (stateDir !== null && existsSync(stateDir)) return withExclusiveLock(join(stateDir, LOCK_FILE), () => mergeAndWrite(metricsFile, metricsStatePath(stateDir), run), 5_000);
+    if (stateDir !== null && existsSync(stateDir)) return withExclusiveLock(join(stateDir, LOCK_FILE), () => mergeAndWrite(metricsFile, stateDir, run), 5_000);
     return mergeAndWrite(metricsFile, null, run);
   } catch (err) {
     return `metrics not recorded: ${errorText(err)}`;
   }
 }
 
-function mergeAndWrite(metricsFile: string, statePath: string | null, run: RunMetrics): string | null {
+function mergeAndWrite(metricsFile: string, stateDir: string | null, run: RunMetrics): string | null {
   const problems: string[] = [];
-  let saved: MetricsState | null = null;
+  let saved: SavedState | null = null;
   let published: MetricsState | null = null;
-  if (statePath) {
+  if (stateDir) {
     try {
-      const text = readTextIfPresent(statePath);
-      if (text !== null) saved = parseMetricsState(text);
+      saved = readSavedState(stateDir);
     } catch (err) {
-      problems.push(`metrics state ${statePath} is unusable (${errorText(err)}); starting from the last metrics file (from zero without one)`);
+      problems.push(`metrics state ${metricsStatePath(stateDir)} is unusable (${errorText(err)}); starting from the last metrics file (from zero without one)`);
     }
   }
   // The metrics file is written before the state, so a state at least as new already holds all it
   // says; only a newer metrics file (a run that could not save the state, or was killed between the
   // two writes) or a lost state needs it read back. That keeps a no-op pass cheap.
-  if (saved === null || !notNewer(metricsFile, statePath!)) {
+  if (saved === null || !notNewer(metricsFile, saved.newest)) {
     try {
       const text = readTextIfPresent(metricsFile);
       if (text !== null) published = stateFromMetrics(parseExposition(text));
@@ -477,7 +219,7 @@ function mergeAndWrite(metricsFile: string, statePath: string | null, run: RunMe
       problems.push(`cannot read ${metricsFile}: ${errorText(err)}`);
     }
   }
-  const previous = saved && published ? mergeStates(saved, published) : (saved ?? published ?? emptyState());
+  const previous = saved && published ? mergeStates(saved.state, published) : (saved?.state ?? published ?? emptyState());
   const next = applyRun(previous, run);
   try {
     sweepOrphanTemps(metricsFile);
@@ -485,26 +227,16 @@ function mergeAndWrite(metricsFile: string, statePath: string | null, run: RunMe
   } catch (err) {
     problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
   }
-  if (statePath) {
+  if (stateDir) {
     try {
-      writeFileAtomic(statePath, formatMetricsState(next), { mode: 0o600 }, { sync: countsAnEvent(run) ? "rename" : "contents" });
+      // A pass that changed nothing but the pass count and times is a line of the log; any other run a new snapshot.
+      if (canLogPass(saved, next)) logPass(stateDir, next);
+      else saveSnapshot(stateDir, next);
     } catch (err) {
-      problems.push(`cannot save ${statePath}: ${errorText(err)}`);
+      problems.push(`cannot save ${metricsStatePath(stateDir)}: ${errorText(err)}`);
     }
   }
   return problems.length > 0 ? problems.join("; ") : null;
-}
-
-/**
- * Whether the state's replacement must be on disk before the run ends: when the run counted
- * something. A pass in which nothing happened to any binary only moves the pass count and times on,
- * which the next pass records again a minute later: its state is still fsynced (a power cut brings
- * back the old state or the new one, never an empty file, so no counter is ever reset), but the
- * directory is not, so a power cut can undo that one pass's record.
- */
-export function countsAnEvent(run: RunMetrics): boolean {
-  if (run.kind !== "pass" || run.binaries === null) return true;
-  return run.binaries.some(({ event: e }) => e !== undefined && (e.updated || e.failed || e.rolledBack || (e.downloadedBytes ?? 0) > 0));
 }
 
 /** Whether the file at path was last changed no later than the one at than (both present). */

@@ -7,7 +7,8 @@ import { activeHold, activeHoldOf } from "./hold.ts";
 import { openAttempts } from "./journal.ts";
 import type { Logger } from "./log.ts";
 import { readManifest, type Entry } from "./manifest.ts";
-import { recordConfigError, recordRun, type BinaryEvent, type BinaryMetrics, type RunKind } from "./metrics.ts";
+import { recordConfigError, recordRun } from "./metrics.ts";
+import type { BinaryEvent, BinaryMetrics, RunKind } from "./metricsstate.ts";
 import type { Outcome } from "./update.ts";
 
 /** One binary's share of a run: what the API named (null: not asked) and how its update ended (null: not touched). */

@@ -10,7 +10,7 @@ import { readAttempt } from "./journal.ts";
 import { listVersionLocks, type LockInfo } from "./lockinspect.ts";
 import { errorText } from "./log.ts";
 import { ManifestError, readManifest, type Entry, type Hold, type RejectedEntry } from "./manifest.ts";
-import { readLastPass } from "./metrics.ts";
+import { readLastPass } from "./metricsstate.ts";
 import { formatSignedTime } from "./minisign.ts";
 import { parseState, supervisorStatus } from "./service.ts";
 import { loadTrustedKeys, readSignatureRecord, signedVersionOf } from "./signature.ts";

@@ -176,10 +176,14 @@ async function scraped(): Promise<Sample[]> {
   return samples.filter((s) => s.name.startsWith("bin_proxy_"));
 }
 
+const appSnapshot = () => join(app.stateDir, "metrics-state.json");
+const appPassLog = () => join(app.stateDir, "metrics-passes.log");
+/** A file's content, inode and mtime (null: no file), to show that a run did not write it. */
+const fileNow = (path: string) => (existsSync(path) ? [readFileSync(path, "utf8"), statSync(path).ino, statSync(path).mtimeMs] : null);
+
 /** app's metrics file and metrics state as they are now (content, mtime, what is beside them), to show that a run wrote neither. */
 function metricsWritten(): unknown[] {
-  const state = join(app.stateDir, "metrics-state.json");
-  return [readFileSync(appMetrics(), "utf8"), statSync(appMetrics()).mtimeMs, readdirSync(textfileDir), readFileSync(state, "utf8"), statSync(state).mtimeMs, readdirSync(app.stateDir).sort()];
+  return [fileNow(appMetrics()), readdirSync(textfileDir), fileNow(appSnapshot()), fileNow(appPassLog()), readdirSync(app.stateDir).sort()];
 }
 
 /**
@@ -233,6 +237,7 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
 
   test("a no-op pass prints nothing and counts nothing but the pass; --verbose and -v print exactly the summary line; --dry-run writes nothing", async () => {
     const before = history.at(-1)!;
+    const snapshot = fileNow(appSnapshot());
     const quiet = await timedRun([]);
     expect(quiet).toMatchObject({ code: 0, stdout: "", stderr: "" });
     let m = await appMetricsNow();
@@ -252,6 +257,10 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
       expect(Number(line![1])).toBeLessThanOrEqual(msOf(valueOf(m, "bin_proxy_last_pass_duration_seconds")));
     }
     expect(binaryFacts(m, "app")).toEqual(binaryFacts(before, "app"));
+    // Each of the three is one line of the pass log; the snapshot is as the update left it, and status reads the log.
+    expect(fileNow(appSnapshot())).toEqual(snapshot);
+    expect(readFileSync(appPassLog(), "utf8").trimEnd().split("\n").map((line) => JSON.parse(line).passes)).toEqual([2, 3, 4]);
+    await expectStatus(m, 0);
 
     // A dry run's verdicts are on stdout, and no summary line counts what it did not do.
     const written = metricsWritten();
@@ -271,6 +280,9 @@ describe("app's metrics file after every kind of run, scraped by node_exporter",
     const series = await scraped();
     expect(bySeries(series)).toEqual(bySeries(m.samples));
     expect(series.find((s) => s.name === "bin_proxy_updates_total")).toEqual({ name: "bin_proxy_updates_total", labels: { name: "app" }, value: 2 });
+    // A counted update is a new snapshot, which holds the logged passes: the log is gone.
+    expect(JSON.parse(readFileSync(appSnapshot(), "utf8")).runs.pass).toBe(5);
+    expect(existsSync(appPassLog())).toBe(false);
   }, 60_000);
 
   test("a pass killed (kill -9) in the middle of a slow download leaves the previous file whole, as node_exporter reads it", async () => {

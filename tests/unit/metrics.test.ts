@@ -1,13 +1,13 @@
 // The metrics file (SPEC §11): each kind of run rendered, checked by promtool, counters monotonic across runs, atomic writes, served by a real node_exporter.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Sha256 } from "../../lib/hash.ts";
+import { parseExposition, recordConfigError, recordRun, renderMetrics, stateFromMetrics, type Sample } from "../../lib/metrics.ts";
 import {
-  metricsStatePath, parseExposition, readLastPass, recordConfigError, recordRun, renderMetrics, stateFromMetrics, applyRun, emptyState, countsAnEvent,
-  type BinaryMetrics, type RunMetrics, type Sample,
-} from "../../lib/metrics.ts";
+  applyRun, canLogPass, emptyState, MAX_LOGGED_PASSES, metricsStatePath, passLogPath, readLastPass, readPassLog, type BinaryMetrics, type RunMetrics,
+} from "../../lib/metricsstate.ts";
 import { COMMIT, VERSION } from "../../lib/version.ts";
 import { promtoolCheckMetrics, promtoolCheckRules, startNodeExporter, type NodeExporter } from "../fixture/node-exporter.ts";
 
@@ -274,19 +274,127 @@ describe("recordRun", () => {
   });
 });
 
-describe("countsAnEvent: whether a run's record must reach the disk before it ends", () => {
-  test("a pass in which nothing happened to any binary does not wait for the disk", () => {
-    const untouched = { updated: false, failed: false, rolledBack: false, downloadedBytes: 0 };
-    expect(countsAnEvent(pass(T0, [app(), app({ name: "worker", event: untouched }), app({ name: "held", held: true, holdFailures: 2 })]))).toBe(false);
-    expect(countsAnEvent(pass(T0, [], { exitCode: 1 }))).toBe(false);
+describe("the pass log: a pass that changed nothing is one appended line, not a new snapshot", () => {
+  const logPath = (host: { stateDir: string }) => passLogPath(host.stateDir);
+  const logLines = (host: { stateDir: string }) => (existsSync(logPath(host)) ? readFileSync(logPath(host), "utf8").split("\n").filter(Boolean) : []);
+  const snapshotOf = (host: { stateDir: string }) => {
+    const st = statSync(metricsStatePath(host.stateDir), { bigint: true });
+    return [readFileSync(metricsStatePath(host.stateDir), "utf8"), st.ino, st.mtimeNs];
+  };
+  const passes = (host: { metricsFile: string }) => value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_runs_total", { kind: "pass" });
+
+  test("no-op passes append a line each and leave the snapshot as it is; the file, the next run and status read them", async () => {
+    const host = freshHost();
+    await record(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true, downloadedBytes: 7 } })]));
+    const snapshot = snapshotOf(host);
+    for (let i = 1; i <= 3; i++) {
+      const s = await record(host.metricsFile, host.stateDir, pass(minutes(i), [app()], { durationMs: 100 + i, exitCode: i === 2 ? 1 : 0 }));
+      expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(1 + i);
+      expect(value(s, "bin_proxy_last_pass_duration_seconds")).toBe((100 + i) / 1000);
+      expect(value(s, "bin_proxy_updates_total", { name: "app" })).toBe(1);
+    }
+    expect(snapshotOf(host)).toEqual(snapshot);
+    expect(logLines(host).map((l) => JSON.parse(l).passes)).toEqual([2, 3, 4]);
+    expect(statSync(logPath(host)).mode & 0o777).toBe(0o600);
+    expect(readLastPass(host.stateDir)).toEqual({ kind: "pass", at: new Date(minutes(3).getTime() + 103).toISOString(), durationMs: 103, exitCode: 0 });
+    // The failed pass in between: the success time is the last pass that exited 0, kept across lines.
+    const s = await record(host.metricsFile, host.stateDir, pass(minutes(4), [app({ event: { updated: true } })], { exitCode: 1 }));
+    expect(value(s, "bin_proxy_last_success_timestamp_seconds")).toBe((minutes(3).getTime() + 103) / 1000);
+    // Anything counted is a new snapshot holding the log's passes, and the log is gone.
+    expect(existsSync(logPath(host))).toBe(false);
+    expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(5);
+    expect(readLastPass(host.stateDir)?.at).toBe(new Date(minutes(4).getTime() + 1500).toISOString());
   });
 
-  test("an update, a failure, a rollback or downloaded bytes does, as does every run that is not a pass", () => {
-    for (const event of [{ updated: true }, { failed: true }, { rolledBack: true }, { downloadedBytes: 1 }]) {
-      expect(countsAnEvent(pass(T0, [app(), app({ name: "worker", event })]))).toBe(true);
-    }
-    for (const kind of ["rollback", "retry", "config-error"] as const) expect(countsAnEvent(pass(T0, [app()], { kind }))).toBe(true);
-    expect(countsAnEvent(pass(T0, null, { kind: "config-error", exitCode: 2 }))).toBe(true);
+  test("every run that counts or changes something else is a snapshot: the line would not bring the saved state to it", () => {
+    const saved = (state: ReturnType<typeof emptyState>) => ({ state, newest: "", loggedPasses: 1, logAppendable: true });
+    const before = applyRun(emptyState(), pass(T0, [app(), app({ name: "worker" })]));
+    const noop = pass(minutes(1), [app(), app({ name: "worker" })]);
+    expect(canLogPass(saved(before), applyRun(before, noop))).toBe(true);
+    expect(canLogPass(saved(before), applyRun(before, { ...noop, exitCode: 1 }))).toBe(true);
+    const others: RunMetrics[] = [
+      ...[{ updated: true }, { failed: true }, { rolledBack: true }, { downloadedBytes: 1 }].map((event) => pass(minutes(1), [app({ event }), app({ name: "worker" })])),
+      pass(minutes(1), [app({ held: true, holdFailures: 1 }), app({ name: "worker" })]),
+      pass(minutes(1), [app({ uncommitted: true }), app({ name: "worker" })]),
+      pass(minutes(1), [app({ target: C }), app({ name: "worker" })]),
+      pass(minutes(1), [app({ installed: C }), app({ name: "worker" })]),
+      pass(minutes(1), [app({ targetVersion: "2.0" }), app({ name: "worker" })]),
+      pass(minutes(1), [app()]),
+      pass(minutes(1), [app(), app({ name: "worker" })], { signaturesRequired: false }),
+      ...(["rollback", "retry", "config-error"] as const).map((kind) => pass(minutes(1), [app(), app({ name: "worker" })], { kind })),
+      pass(minutes(1), null, { kind: "config-error", exitCode: 2 }),
+    ];
+    for (const run of others) expect(canLogPass(saved(before), applyRun(before, run))).toBe(false);
+    // Nor onto a log that cannot take a line, a full one, or with no snapshot.
+    expect(canLogPass({ ...saved(before), logAppendable: false }, applyRun(before, noop))).toBe(false);
+    expect(canLogPass({ ...saved(before), loggedPasses: MAX_LOGGED_PASSES }, applyRun(before, noop))).toBe(false);
+    expect(canLogPass(null, applyRun(before, noop))).toBe(false);
+  });
+
+  test(`after ${MAX_LOGGED_PASSES} lines the next pass writes a snapshot, and the log starts again`, async () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
+    for (let i = 1; i <= MAX_LOGGED_PASSES; i++) expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(i), [app()]))).toBeNull();
+    expect(logLines(host)).toHaveLength(MAX_LOGGED_PASSES);
+    await record(host.metricsFile, host.stateDir, pass(minutes(MAX_LOGGED_PASSES + 1), [app()]));
+    expect(existsSync(logPath(host))).toBe(false);
+    expect(JSON.parse(readFileSync(metricsStatePath(host.stateDir), "utf8")).runs.pass).toBe(MAX_LOGGED_PASSES + 2);
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(MAX_LOGGED_PASSES + 2), [app()]));
+    expect(logLines(host)).toHaveLength(1);
+    expect(passes(host)).toBe(MAX_LOGGED_PASSES + 3);
+  });
+
+  for (const [what, tail] of [
+    ["a line torn by a pass killed mid-append", '{"passes":99,"at":"2026-'],
+    ["zeros a power cut left at the new length", "\0".repeat(90)],
+    ["a line that is not ours", "garbage\n"],
+  ] as const) {
+    test(`${what}: not counted, no line appended after it, and the next record is a snapshot that removes the log`, async () => {
+      const host = freshHost();
+      recordRun(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
+      recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]));
+      appendFileSync(logPath(host), tail);
+      expect(readLastPass(host.stateDir)?.at).toBe(new Date(minutes(1).getTime() + 1500).toISOString());
+      const s = await record(host.metricsFile, host.stateDir, pass(minutes(2), [app()]));
+      expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(3);
+      expect(value(s, "bin_proxy_updates_total", { name: "app" })).toBe(1);
+      expect(existsSync(logPath(host))).toBe(false);
+      expect(JSON.parse(readFileSync(metricsStatePath(host.stateDir), "utf8")).runs.pass).toBe(3);
+    });
+  }
+
+  test("a log the snapshot already holds (its run killed before removing it) is not counted twice", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
+    for (let i = 1; i <= 3; i++) recordRun(host.metricsFile, host.stateDir, pass(minutes(i), [app()]));
+    const log = readFileSync(logPath(host));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(4), [app({ event: { updated: true } })]));
+    writeFileSync(logPath(host), log);
+    expect(readLastPass(host.stateDir)?.at).toBe(new Date(minutes(4).getTime() + 1500).toISOString());
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(5), [app()]));
+    expect(passes(host)).toBe(6);
+  });
+
+  test("a FIFO or a directory at the log's path is never read or written: the pass goes on, and the FIFO is removed", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
+    expect(Bun.spawnSync(["mkfifo", logPath(host)]).exitCode).toBe(0);
+    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]))).toBeNull();
+    expect(existsSync(logPath(host))).toBe(false);
+    expect(passes(host)).toBe(2);
+    mkdirSync(logPath(host));
+    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]))).toMatch(/cannot save .*metrics-state\.json: .*metrics-passes\.log/);
+    expect(passes(host)).toBe(3);
+    expect(JSON.parse(readFileSync(metricsStatePath(host.stateDir), "utf8")).runs.pass).toBe(3);
+  });
+
+  test("readPassLog: the last valid line counts; another line follows only a whole valid one", () => {
+    const line = (passes: number) => JSON.stringify({ passes, at: minutes(passes).toISOString(), durationMs: 5, exitCode: 0, lastSuccessAt: null });
+    expect(readPassLog("")).toEqual({ last: null, lines: 0, appendable: true });
+    expect(readPassLog(`${line(1)}\n${line(2)}\n`)).toMatchObject({ last: { passes: 2 }, lines: 2, appendable: true });
+    expect(readPassLog(`${line(1)}\n${line(2)}`)).toMatchObject({ last: { passes: 1 }, appendable: false });
+    expect(readPassLog(`${line(1)}\n{"passes":-1}\n`)).toMatchObject({ last: { passes: 1 }, appendable: false });
+    expect(readPassLog("\0\0\0")).toEqual({ last: null, lines: 0, appendable: false });
   });
 });
 
@@ -338,14 +446,17 @@ describe("renderMetrics", () => {
 });
 
 /** A separate process calling recordRun `runs` times on host, each pass with `binaries` binaries that each downloaded `i` bytes (run i). */
-function spawnRecorder(host: { metricsFile: string; stateDir: string }, runs: number, binaries: number) {
+/** A process recording runs passes of binaries; counted: each downloads bytes and flips a hold (a snapshot each), else each is a no-op (a line of the pass log). */
+function spawnRecorder(host: { metricsFile: string; stateDir: string }, runs: number, binaries: number, counted = true) {
   const script = `
     import { recordRun } from ${JSON.stringify(resolve(import.meta.dir, "../../lib/metrics.ts"))};
     const names = Array.from({ length: ${binaries} }, (_, i) => "binary-" + i);
     for (let i = 1; i <= ${runs}; i++) {
       const problem = recordRun(${JSON.stringify(host.metricsFile)}, ${JSON.stringify(host.stateDir)}, {
         kind: "pass", startedAt: new Date(), durationMs: i, exitCode: 0, signaturesRequired: true,
-        binaries: names.map((name) => ({ name, installed: null, target: null, held: i % 2 === 0, holdFailures: i, uncommitted: false, event: { downloadedBytes: i } })),
+        binaries: names.map((name) => ${counted}
+          ? { name, installed: null, target: null, held: i % 2 === 0, holdFailures: i, uncommitted: false, event: { downloadedBytes: i } }
+          : { name, installed: null, target: null, held: false, holdFailures: 0, uncommitted: false }),
       });
       if (problem) throw new Error(problem);
     }`;
@@ -386,6 +497,14 @@ test("runs at the same time take turns: no count is lost or goes back", async ()
   expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(100);
   // Each writer's runs downloaded 1 + 2 + … + 25 bytes.
   expect(value(s, "bin_proxy_downloaded_bytes_total", { name: "binary-0" })).toBe(4 * ((25 * 26) / 2));
+  // No-op passes at the same time: each a line of the pass log (a snapshot every MAX_LOGGED_PASSES), none lost or counted twice.
+  const noops = Array.from({ length: 4 }, () => spawnRecorder(host, 40, 1, false));
+  for (const w of noops) expect(await w.done()).toEqual([0, ""]);
+  expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_runs_total", { kind: "pass" })).toBe(260);
+  const log = readPassLog(readFileSync(passLogPath(host.stateDir), "utf8"));
+  expect(log).toMatchObject({ last: { passes: 260 }, appendable: true });
+  expect(log.lines).toBeLessThanOrEqual(MAX_LOGGED_PASSES);
+  expect(JSON.parse(readFileSync(metricsStatePath(host.stateDir), "utf8")).runs.pass + log.lines).toBe(260);
 }, 60_000);
 
 test("node_exporter serves bin-proxy's series after an update, a held failure and a configuration error", async () => {
