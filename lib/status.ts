@@ -80,7 +80,7 @@ export async function runStatus(settings: Settings, options: StatusOptions): Pro
     options.warn(err instanceof ManifestError ? `manifest ${settings.manifest} is invalid: ${err.message}` : `configuration error: ${err.message}`);
     return EXIT_CONFIG;
   }
-  options.print(options.json ? JSON.stringify(report, null, 2) : formatStatus(report));
+  options.print(options.json ? JSON.stringify(report, null, 2) : formatStatus(report, settings.metricsFile !== null));
   return report.rejected.length > 0 || report.binaries.some((b) => b.attention) ? EXIT_FAILED : EXIT_OK;
 }
 
@@ -186,8 +186,8 @@ export function cells(b: BinaryStatus): string[] {
   return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version) + (b.versionName ? ` (${b.versionName})` : ""), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold];
 }
 
-/** The table, columns aligned, then one line per binary that needs attention and per rejected entry. */
-export function formatStatus(report: StatusReport): string {
+/** The table, columns aligned, then one line per binary that needs attention and per rejected entry; metricsSet: whether BIN_PROXY_METRICS_FILE is set, which records the last pass. */
+export function formatStatus(report: StatusReport, metricsSet: boolean): string {
   const rows = [HEADER, ...report.binaries.map(cells)];
   const widths = HEADER.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "));
@@ -198,7 +198,8 @@ export function formatStatus(report: StatusReport): string {
     ...report.binaries.filter((b) => b.attention).map((b) => `${b.name}: ${b.attention}`),
     ...report.rejected.map((r) => `${r.label}: entry rejected: ${r.reason}`),
   ];
-  const last = report.lastPass ? `last pass ${report.lastPass.at}, exit ${report.lastPass.exitCode}, ${report.lastPass.durationMs} ms` : "last pass not recorded (BIN_PROXY_METRICS_FILE is not set)";
+  const unrecorded = metricsSet ? "last pass not recorded yet" : "last pass not recorded (BIN_PROXY_METRICS_FILE is not set)";
+  const last = report.lastPass ? `last pass ${report.lastPass.at}, exit ${report.lastPass.exitCode}, ${report.lastPass.durationMs} ms` : unrecorded;
   const signatures = report.signaturesRequired ? "signatures required" : "signatures not checked (no trusted keys file)";
   return [...lines, ...(notes.length > 0 ? ["", ...notes] : []), "", `${last}; ${signatures}`].join("\n");
 }

@@ -208,6 +208,8 @@ async function expectStatus(m: Metrics, code: number): Promise<{ binaries: Recor
 
 describe("app's metrics file after every kind of run, scraped by node_exporter", () => {
   test("a first install: the file appears (0644 under umask 077), names the build, counts one update and its bytes", async () => {
+    // Before any pass, status says none is recorded yet: not that the metrics file is not set.
+    expect((await run(["status"])).stdout.trimEnd().split("\n").at(-1)).toBe(`last pass not recorded yet; ${SIGNATURES_OFF}`);
     bm.setTarget("app", v1, "v1.0");
     const r = await timedRun([]);
     expect(r.code, context(r)).toBe(0);

@@ -67,12 +67,16 @@ describe("status", () => {
     expect(cells(busy).slice(6)).toEqual(["aaaaaaaaaaaa by unknown (not recorded by bin-proxy), 700s (stale)", "aaaaaaaaaaaa held until 2026-11-25T10:20:00.000Z (2 failures)"]);
   });
   test("the table aligns its columns and lists what needs attention under it", () => {
-    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false, restartsDisabled: false });
+    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false, restartsDisabled: false }, false);
     const lines = text.split("\n");
     expect(lines[0]).toMatch(/^NAME {9}SERVICE {2}ON-DISK/);
     expect(lines[1]!.indexOf("app  ")).toBe(0);
     expect(lines[2]!.startsWith("longer-name  app")).toBe(true);
     expect(lines.slice(3)).toEqual(["", "longer-name: /usr/local/bin/app is missing", '"x y": entry rejected: binaries[2]: not a plain name', "", "last pass not recorded (BIN_PROXY_METRICS_FILE is not set); signatures not checked (no trusted keys file)"]);
+  });
+  test("with BIN_PROXY_METRICS_FILE set and no pass recorded yet, the footer says just that", () => {
+    const text = formatStatus({ binaries: [row()], rejected: [], lastPass: null, signaturesRequired: true, restartsDisabled: false }, true);
+    expect(text.split("\n").at(-1)).toBe("last pass not recorded yet; signatures required");
   });
 });
 
