@@ -16,6 +16,9 @@ import { parseState, supervisorStatus } from "./service.ts";
 import { loadTrustedKeys, readSignatureRecord, signedVersionOf } from "./signature.ts";
 import { binaryPath, currentHash } from "./update.ts";
 
+/** A hold as status shows it; active is false once its backoff has passed (the next pass tries the target again). */
+export type HoldState = Hold & { active: boolean };
+
 export interface BinaryStatus {
   name: string;
   /** The supervisor program; "" when the entry names none. */
@@ -31,8 +34,10 @@ export interface BinaryStatus {
   /** supervisorctl's state word; null when not asked (no service, bin-proxy itself, or SUPERVISORCTL empty); "UNKNOWN" when it did not say. */
   supervisor: string | null;
   locks: (LockInfo & { stale: boolean })[];
-  /** The manifest's hold; active is false once its backoff has passed (the next pass tries the target again). */
-  hold: (Hold & { active: boolean }) | null;
+  /** The manifest's hold. */
+  hold: HoldState | null;
+  /** The holds kept beside hold (see addHold), newest first. */
+  otherHolds: HoldState[];
   /** An update recorded in the journal and not committed (its pass died, SPEC §12); null: none. */
   attempt: { target: Sha256; startedAt: string; deaths: number; inconsistent?: string } | null;
   /** When the installed version was signed (SPEC §9); null: not signed, or not known. */
@@ -117,7 +122,8 @@ async function collect(settings: Settings, entries: Entry[], now: Date): Promise
       previousVersion: entry.previousVersion,
       supervisor: supervised(entry) ? (parseState(states, entry.serviceName) ?? "UNKNOWN") : null,
       locks: listVersionLocks(settings.lockDir, entry.binaryName).map((l) => ({ ...l, stale: l.ageSec >= settings.lockTimeoutSec })),
-      hold: entry.hold && { ...entry.hold, active: activeHold(entry.hold, entry.hold.version, now) !== null },
+      hold: entry.hold && holdState(entry.hold, now),
+      otherHolds: (entry.otherHolds ?? []).map((h) => holdState(h, now)),
       attempt: attemptOf(settings.stateDir, entry.binaryName),
       signedAt: signedAtOf(settings.stateDir, entry.binaryName, onDisk),
       partial: partialOf(path, settings.maxDownloadBytes),
@@ -172,18 +178,22 @@ export function attention(b: BinaryStatus, unknownBecause: string | null = null)
   return null;
 }
 
+const holdState = (hold: Hold, now: Date): HoldState => ({ ...hold, active: activeHold(hold, hold.version, now) !== null });
+
+/** One hold in the HOLD column: its version, until when, and its failures. */
+function holdCell(h: HoldState): string {
+  const when = h.active ? describeHold(h) : `expired ${h.until}`;
+  return `${short(h.version)} ${when}${h.failures > 0 ? ` (${h.failures} failure${h.failures === 1 ? "" : "s"})` : ""}`;
+}
+
 const HEADER = ["NAME", "SERVICE", "ON-DISK", "VERSION", "PREVIOUS", "SUPERVISOR", "LOCK", "HOLD"];
 
 /** The cells of one row, in HEADER's order; "-" for nothing. */
 export function cells(b: BinaryStatus): string[] {
   const sha = (s: Sha256 | null) => (s ? short(s) : "-");
   const lock = b.locks.map((l) => `${short(l.version)} by ${l.holder}, ${l.ageSec}s${l.stale ? " (stale)" : ""}`).join("; ");
-  let hold = "-";
-  if (b.hold) {
-    const when = b.hold.active ? describeHold(b.hold) : `expired ${b.hold.until}`;
-    hold = `${short(b.hold.version)} ${when}${b.hold.failures > 0 ? ` (${b.hold.failures} failure${b.hold.failures === 1 ? "" : "s"})` : ""}`;
-  }
-  return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version) + (b.versionName ? ` (${b.versionName})` : ""), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold];
+  const hold = [...(b.hold ? [b.hold] : []), ...b.otherHolds].map(holdCell).join("; ");
+  return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version) + (b.versionName ? ` (${b.versionName})` : ""), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold || "-"];
 }
 
 /** The table, columns aligned, then one line per binary that needs attention and per rejected entry; metricsSet: whether BIN_PROXY_METRICS_FILE is set, which records the last pass. */

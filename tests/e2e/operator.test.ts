@@ -125,7 +125,11 @@ describe("status", () => {
     writeFileSync(join(statusHost.lockDir, `tool-${other.sha256}.lock`), `${Math.floor(Date.now() / 1000) - 5}\n`);
     statusHost.writeManifest([
       { serviceName: "web", binaryName: "web", version: web.sha256, previousVersion: "", port: webPort },
-      { serviceName: "", binaryName: "tool", version: tool.sha256, previousVersion: "", port: 0, hold: { version: other.sha256, failures: 2, until: holdUntil } },
+      // With a hold kept beside its own: a rollback never lifts a hold still in force.
+      {
+        serviceName: "", binaryName: "tool", version: tool.sha256, previousVersion: "", port: 0,
+        hold: { version: other.sha256, failures: 2, until: holdUntil }, otherHolds: [{ version: older.sha256, failures: 3, until: holdUntil }],
+      },
       { serviceName: "", binaryName: "gone", version: gone.sha256, previousVersion: "", port: 0 },
       { serviceName: "down", binaryName: "down", version: down.sha256, previousVersion: "", port: 0 },
       { serviceName: "", binaryName: "cli", version: cli.sha256, previousVersion: older.sha256, port: 0, hold: { version: other.sha256, failures: 1, until: expiredAt } },
@@ -149,7 +153,7 @@ describe("status", () => {
     const bin = statusHost.binDir;
     expect(rows.slice(1, 4)).toEqual([
       ["web", "web", short(web.sha256), short(web.sha256), "-", "RUNNING", "-", "-"],
-      ["tool", "-", short(tool.sha256), short(tool.sha256), "-", "-", expect.stringMatching(new RegExp(`^${short(other.sha256)} by unknown \\(not recorded by bin-proxy\\), \\d+s$`)), `${short(other.sha256)} held until ${holdUntil} (2 failures)`],
+      ["tool", "-", short(tool.sha256), short(tool.sha256), "-", "-", expect.stringMatching(new RegExp(`^${short(other.sha256)} by unknown \\(not recorded by bin-proxy\\), \\d+s$`)), `${short(other.sha256)} held until ${holdUntil} (2 failures); ${short(older.sha256)} held until ${holdUntil} (3 failures)`],
       ["gone", "-", "missing", short(gone.sha256), "-", "-", "-", "-"],
     ]);
     expect(rows.slice(4)).toEqual([
@@ -184,7 +188,7 @@ describe("status", () => {
     const bin = statusHost.binDir;
     const row = (name: string, fields: object) => ({
       name, service: "", path: join(bin, name), onDisk: null, diskError: null, version: null, versionName: null, previousVersion: null,
-      supervisor: null, locks: [], hold: null, attempt: null, signedAt: null, partial: null, attention: null, ...fields,
+      supervisor: null, locks: [], hold: null, otherHolds: [], attempt: null, signedAt: null, partial: null, attention: null, ...fields,
     });
     const report = JSON.parse(r.stdout);
     expect(report).toEqual({
@@ -194,6 +198,7 @@ describe("status", () => {
           onDisk: tool.sha256, version: tool.sha256,
           locks: [{ version: other.sha256, ageSec: expect.any(Number), holder: "unknown (not recorded by bin-proxy)", stale: false }],
           hold: { version: other.sha256, failures: 2, until: holdUntil, active: true },
+          otherHolds: [{ version: older.sha256, failures: 3, until: holdUntil, active: true }],
         }),
         row("gone", { version: gone.sha256, attention: `${join(bin, "gone")} is missing` }),
         row("down", { service: "down", onDisk: down.sha256, version: down.sha256, supervisor: "FATAL", attention: "service down is FATAL" }),

@@ -12,7 +12,7 @@ const B = "b".repeat(64) as Sha256;
 const entry = (over: Partial<Entry> = {}): Entry => ({ binaryName: "app", serviceName: "app", version: B, previousVersion: A, port: 0, hold: null, ...over });
 const row = (over: Partial<BinaryStatus> = {}): BinaryStatus => ({
   name: "app", service: "app", path: "/usr/local/bin/app", onDisk: B, diskError: null, version: B, versionName: null, previousVersion: A,
-  supervisor: "RUNNING", locks: [], hold: null, attempt: null, signedAt: null, partial: null, attention: null, ...over,
+  supervisor: "RUNNING", locks: [], hold: null, otherHolds: [], attempt: null, signedAt: null, partial: null, attention: null, ...over,
 });
 
 describe("rollback", () => {
@@ -65,6 +65,12 @@ describe("status", () => {
       hold: { version: A, failures: 2, until: "2026-11-25T10:20:00.000Z", active: true },
     });
     expect(cells(busy).slice(6)).toEqual(["aaaaaaaaaaaa by unknown (not recorded by bin-proxy), 700s (stale)", "aaaaaaaaaaaa held until 2026-11-25T10:20:00.000Z (2 failures)"]);
+    // The holds a rollback kept follow the manifest's own, newest first.
+    const kept = row({
+      hold: { version: B, failures: 0, until: null, active: true },
+      otherHolds: [{ version: A, failures: 3, until: "2026-11-25T11:00:00.000Z", active: true }, { version: A, failures: 1, until: "2026-11-25T09:00:00.000Z", active: false }],
+    });
+    expect(cells(kept).at(-1)).toBe("bbbbbbbbbbbb held until the API names another version; aaaaaaaaaaaa held until 2026-11-25T11:00:00.000Z (3 failures); aaaaaaaaaaaa expired 2026-11-25T09:00:00.000Z (1 failure)");
   });
   test("the table aligns its columns and lists what needs attention under it", () => {
     const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false, restartsDisabled: false }, false);
