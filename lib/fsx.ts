@@ -4,6 +4,7 @@ import {
   statSync, unlinkSync, writeSync, type Dirent, type Stats,
 } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { exchangeNames } from "./libc.ts";
 
 export interface FileMeta {
   mode: number;
@@ -118,8 +119,25 @@ export function replaceAtomically(fd: number, tempPath: string, dest: string, me
   } finally {
     closeSync(fd);
   }
-  renameSync(tempPath, dest);
-  if (sync === "rename") fsyncDir(dirname(dest));
+  if (sync === "rename") {
+    renameSync(tempPath, dest);
+    fsyncDir(dirname(dest));
+  } else {
+    replaceUnsynced(tempPath, dest);
+  }
+}
+
+/**
+ * Puts tempPath's file at dest, as a rename would, but without the rename over dest: on ext4 such a
+ * rename writes the new file's blocks out before it returns (auto_da_alloc, ~0.5 ms here), a cost
+ * that only a file replaced every minute and never synced (the metrics file) has to care about.
+ * Exchanging the two names, then removing the old file from the temp name, is as atomic for a
+ * reader (dest names the old file or the new one at every instant) and costs a tenth of that.
+ * Anything but a regular file at dest, or a filesystem without the exchange, gets the rename.
+ */
+function replaceUnsynced(tempPath: string, dest: string): void {
+  if (lstatSync(dest, { throwIfNoEntry: false })?.isFile() && exchangeNames(tempPath, dest)) removeIfPresent(tempPath);
+  else renameSync(tempPath, dest);
 }
 
 /** The mode and owner of path, or the fallback when there is no such file. */

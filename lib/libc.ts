@@ -1,4 +1,4 @@
-// Owns the libc calls Bun has no binding for: flock(2), sync_file_range(2) and fcntl(2)'s file flags, through bun:ffi.
+// Owns the libc calls Bun has no binding for: flock(2), sync_file_range(2), fcntl(2)'s file flags and renameat2(2)'s exchange, through bun:ffi.
 import { dlopen, FFIType } from "bun:ffi";
 import { constants } from "node:fs";
 
@@ -39,4 +39,27 @@ export function setDirectIo(fd: number, on: boolean): boolean {
   if (flags < 0) return false;
   const wanted = on ? flags | constants.O_DIRECT : flags & ~constants.O_DIRECT;
   return libc.symbols.fcntl(fd, F_SETFL, wanted) === 0;
+}
+
+const AT_FDCWD = -100;
+const UTF8 = new TextEncoder();
+const cString = (text: string): Uint8Array => UTF8.encode(`${text}\0`);
+const RENAME_EXCHANGE = 2;
+/** renameat2 is opened apart, at its first use: glibc has it since 2.28, and an older one must only lose the exchange, not every call above. */
+let renameat2: ((olddirfd: number, oldpath: Uint8Array, newdirfd: number, newpath: Uint8Array, flags: number) => number) | null | undefined;
+
+/**
+ * Swaps what the names a and b point at, in one atomic step (both must exist); false when the
+ * kernel, the filesystem or libc cannot (then nothing has changed).
+ */
+export function exchangeNames(a: string, b: string): boolean {
+  if (renameat2 === undefined) {
+    try {
+      const lib = dlopen("libc.so.6", { renameat2: { args: [FFIType.i32, FFIType.cstring, FFIType.i32, FFIType.cstring, FFIType.u32], returns: FFIType.i32 } });
+      renameat2 = lib.symbols.renameat2;
+    } catch {
+      renameat2 = null;
+    }
+  }
+  return renameat2 !== null && renameat2(AT_FDCWD, cString(a), AT_FDCWD, cString(b), RENAME_EXCHANGE) === 0;
 }

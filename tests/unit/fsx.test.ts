@@ -1,6 +1,6 @@
 // The file primitives every writer shares: a temp file left by a dead process of our pid never stops a write, nor redirects it.
 import { afterAll, describe, expect, test } from "bun:test";
-import { lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -38,6 +38,42 @@ describe("writeFileAtomic", () => {
     expect(readFileSync(dest, "utf8")).toBe("metrics\n");
     expect(lstatSync(dest).isSymbolicLink()).toBe(false);
     expect(readdirSync(dir).sort()).toEqual(["bin_proxy.prom", "victim"]);
+  });
+
+  test("an unsynced replacement swaps the names: a reader of the old file keeps it whole, and nothing is left beside the new one", () => {
+    const dir = freshDir();
+    const dest = join(dir, "bin_proxy.prom");
+    writeFileAtomic(dest, "first\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+    const before = statSync(dest).ino;
+    const reader = openSync(dest, "r");
+    try {
+      writeFileAtomic(dest, "second\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+      expect(readFileSync(dest, "utf8")).toBe("second\n");
+      expect(statSync(dest).ino).not.toBe(before);
+      expect(readFileSync(reader, "utf8")).toBe("first\n");
+      expect(fstatSync(reader).nlink).toBe(0); // the old file is gone from every name
+    } finally {
+      closeSync(reader);
+    }
+    expect(readdirSync(dir)).toEqual(["bin_proxy.prom"]);
+    expect(statSync(dest).mode & 0o777).toBe(0o644);
+  });
+
+  test("anything but a regular file at dest is replaced by a rename, as a synced write does: a symlink itself, never what it points at; a directory is refused and stays", () => {
+    const dir = freshDir();
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "keep me");
+    const dest = join(dir, "bin_proxy.prom");
+    symlinkSync(victim, dest);
+    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+    expect(lstatSync(dest).isFile()).toBe(true);
+    expect(readFileSync(victim, "utf8")).toBe("keep me");
+    const asDir = join(dir, "dir.prom");
+    mkdirSync(asDir);
+    writeFileSync(join(asDir, "inside"), "kept");
+    expect(() => writeFileAtomic(asDir, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true })).toThrow(/EISDIR|EEXIST|ENOTEMPTY/);
+    expect(readFileSync(join(asDir, "inside"), "utf8")).toBe("kept");
+    expect(readdirSync(dir).sort()).toEqual(["bin_proxy.prom", "dir.prom", "victim"]);
   });
 
   test("text is written as UTF-8", () => {
