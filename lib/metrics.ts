@@ -17,89 +17,68 @@ const LOCK_FILE = ".metrics.lock";
 // ---- the exposition text ----
 
 type Labels = Record<string, string>;
-/** A sample as the file shows it: its label set already rendered (`{k="v",…}`, or "" for none). */
-interface RenderedSample {
-  labels: string;
-  value: number;
-}
-interface Family {
-  name: string;
-  type: "gauge" | "counter";
-  help: string;
-  samples: RenderedSample[];
-}
 
 const NEEDS_ESCAPE = /[\\"\n]/;
 const escapeLabel = (v: string): string => (NEEDS_ESCAPE.test(v) ? v.replaceAll("\\", "\\\\").replaceAll('"', '\\"').replaceAll("\n", "\\n") : v);
-/** A label set as the file shows it. */
-const labelSet = (labels: Labels): string => {
-  let pairs = "";
-  for (const key in labels) pairs += `${pairs === "" ? "" : ","}${key}="${escapeLabel(labels[key]!)}"`;
-  return pairs === "" ? "" : `{${pairs}}`;
-};
 const seconds = (ms: number): number => Math.round(ms) / 1000;
 
-function families(state: MetricsState): Family[] {
-  // Names are plain (SPEC §4: the manifest, the state file and a metrics file read back admit no other), so need no escaping.
-  const binaries = Object.keys(state.binaries)
-    .sort()
-    .map((name) => ({ name, labels: `{name="${name}"}`, state: state.binaries[name]! }));
-  const perBinary = (name: string, type: Family["type"], help: string, value: (b: BinaryState) => number | null): Family => {
-    const samples: RenderedSample[] = [];
-    for (const b of binaries) {
-      const v = value(b.state);
-      if (v !== null) samples.push({ labels: b.labels, value: v });
-    }
-    return { name, type, help, samples };
-  };
-  const one = (name: string, help: string, value: number | null): Family => ({ name, type: "gauge", help, samples: value === null ? [] : [{ labels: "", value }] });
-  const byKind = (value: (kind: RunKind) => number): RenderedSample[] => RUN_KINDS.map((kind) => ({ labels: labelSet({ kind }), value: value(kind) }));
-  const run = (prefix: string, what: string, r: RunRecord | null): Family[] => [
-    one(`${prefix}_timestamp_seconds`, `When the last ${what} ended, in seconds since the epoch.`, r && seconds(Date.parse(r.at))),
-    one(`${prefix}_duration_seconds`, `How long the last ${what} took.`, r && seconds(r.durationMs)),
-    one(`${prefix}_exit_code`, `Exit status of the last ${what}: 0 ok, 1 a binary failed, 2 usage or configuration error.`, r && r.exitCode),
-  ];
-  const all: Family[] = [
-    { name: "bin_proxy_build_info", type: "gauge", help: "The bin-proxy build that wrote this file.", samples: [{ labels: labelSet({ version: VERSION, commit: COMMIT }), value: 1 }] },
-    one("bin_proxy_config_ok", "1 when the last run could read its configuration and manifest, 0 on a configuration error.", Number(state.lastRun?.kind !== "config-error")),
-    one("bin_proxy_signatures_required", "1 when every target must be signed by a trusted key, 0 when targets are not signature-checked.", state.signaturesRequired === null ? null : Number(state.signaturesRequired)),
-    ...run("bin_proxy_last_run", "run of any kind", state.lastRun),
-    {
-      name: "bin_proxy_last_run_kind",
-      type: "gauge",
-      help: "1 for the kind of the last run (pass, rollback, retry, config-error), 0 for the others.",
-      samples: state.lastRun ? byKind((kind) => Number(state.lastRun!.kind === kind)) : [],
-    },
-    ...run("bin_proxy_last_pass", "pass (a configuration error counts as a failed pass)", state.lastPass),
-    one("bin_proxy_last_success_timestamp_seconds", "When the last pass that exited 0 ended, in seconds since the epoch; 0: never.", state.lastSuccessAt ? seconds(Date.parse(state.lastSuccessAt)) : 0),
-    { name: "bin_proxy_runs_total", type: "counter", help: "Runs of bin-proxy, by kind.", samples: byKind((kind) => state.runs[kind]) },
-    {
-      name: "bin_proxy_binary_info",
-      type: "gauge",
-      help: "Installed and target version of each binary, as 12-hex short SHA-256 (\"\": none or not known yet), and the API's release name of the target.",
-      samples: binaries.map(({ name, state: b }) => ({
-        labels: `{name="${name}",installed="${b.installed ?? ""}",target="${b.target ?? ""}",target_version="${escapeLabel(b.targetVersion)}"}`,
-        value: 1,
-      })),
-    },
-    perBinary("bin_proxy_binary_up_to_date", "gauge", "1 when the installed version is the API's target, 0 when not; absent until a pass has learnt the target.", (b) => (b.target === null ? null : Number(b.installed === b.target))),
-    perBinary("bin_proxy_binary_held", "gauge", "1 while a failed or rolled-back target is held (not retried before its backoff ends).", (b) => Number(b.held)),
-    perBinary("bin_proxy_binary_hold_failures", "gauge", "Consecutive failures of the held target.", (b) => b.holdFailures),
-    perBinary("bin_proxy_binary_attempt_uncommitted", "gauge", "1 when an update attempt is recorded and not committed (its pass was killed).", (b) => Number(b.uncommitted)),
-    perBinary("bin_proxy_updates_total", "counter", "Updates installed and committed.", (b) => b.counters.updates),
-    perBinary("bin_proxy_update_failures_total", "counter", "Updates that failed (download, verification, install, restart or health check).", (b) => b.counters.failures),
-    perBinary("bin_proxy_rollbacks_total", "counter", "Rollbacks, automatic or by `bin-proxy rollback`.", (b) => b.counters.rollbacks),
-    perBinary("bin_proxy_downloaded_bytes_total", "counter", "Bytes received by downloads, successful or not.", (b) => b.counters.downloadedBytes),
-  ];
-  return all.filter((f) => f.samples.length > 0);
-}
+/** The families with one sample per binary: name, type, HELP, and the sample's value (null: none for that binary). */
+const PER_BINARY: [name: string, type: "gauge" | "counter", help: string, value: (b: BinaryState) => number | null][] = [
+  ["bin_proxy_binary_up_to_date", "gauge", "1 when the installed version is the API's target, 0 when not; absent until a pass has learnt the target.", (b) => (b.target === null ? null : Number(b.installed === b.target))],
+  ["bin_proxy_binary_held", "gauge", "1 while a failed or rolled-back target is held (not retried before its backoff ends).", (b) => Number(b.held)],
+  ["bin_proxy_binary_hold_failures", "gauge", "Consecutive failures of the held target.", (b) => b.holdFailures],
+  ["bin_proxy_binary_attempt_uncommitted", "gauge", "1 when an update attempt is recorded and not committed (its pass was killed).", (b) => Number(b.uncommitted)],
+  ["bin_proxy_updates_total", "counter", "Updates installed and committed.", (b) => b.counters.updates],
+  ["bin_proxy_update_failures_total", "counter", "Updates that failed (download, verification, install, restart or health check).", (b) => b.counters.failures],
+  ["bin_proxy_rollbacks_total", "counter", "Rollbacks, automatic or by `bin-proxy rollback`.", (b) => b.counters.rollbacks],
+  ["bin_proxy_downloaded_bytes_total", "counter", "Bytes received by downloads, successful or not.", (b) => b.counters.downloadedBytes],
+];
 
-/** The metrics file's text (pure): HELP and TYPE lines, then the samples, in the text exposition format. */
+/**
+ * The metrics file's text (pure): HELP and TYPE lines, then the samples, in the text exposition
+ * format; a family without samples is left out. Written straight into one string: a pass renders it
+ * once, in a process too short-lived for the JIT, where every object and call per sample counts.
+ */
 export function renderMetrics(state: MetricsState): string {
+  // Names are plain (SPEC §4: the manifest, the state file and a metrics file read back admit no other), so need no escaping.
+  const names = Object.keys(state.binaries).sort();
   let text = "";
-  for (const f of families(state)) {
-    text += `# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${f.type}\n`;
-    for (const s of f.samples) text += `${f.name}${s.labels} ${s.value}\n`;
+  const family = (name: string, type: "gauge" | "counter", help: string, samples: string) => {
+    if (samples !== "") text += `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${samples}`;
+  };
+  const gauge = (name: string, help: string, value: number | null) => family(name, "gauge", help, value === null ? "" : `${name} ${value}\n`);
+  const byKind = (name: string, value: (kind: RunKind) => number) => {
+    let samples = "";
+    for (const kind of RUN_KINDS) samples += `${name}{kind="${kind}"} ${value(kind)}\n`;
+    return samples;
+  };
+  const run = (prefix: string, what: string, r: RunRecord | null) => {
+    gauge(`${prefix}_timestamp_seconds`, `When the last ${what} ended, in seconds since the epoch.`, r && seconds(Date.parse(r.at)));
+    gauge(`${prefix}_duration_seconds`, `How long the last ${what} took.`, r && seconds(r.durationMs));
+    gauge(`${prefix}_exit_code`, `Exit status of the last ${what}: 0 ok, 1 a binary failed, 2 usage or configuration error.`, r && r.exitCode);
+  };
+  family("bin_proxy_build_info", "gauge", "The bin-proxy build that wrote this file.", `bin_proxy_build_info{version="${escapeLabel(VERSION)}",commit="${escapeLabel(COMMIT)}"} 1\n`);
+  gauge("bin_proxy_config_ok", "1 when the last run could read its configuration and manifest, 0 on a configuration error.", Number(state.lastRun?.kind !== "config-error"));
+  gauge("bin_proxy_signatures_required", "1 when every target must be signed by a trusted key, 0 when targets are not signature-checked.", state.signaturesRequired === null ? null : Number(state.signaturesRequired));
+  run("bin_proxy_last_run", "run of any kind", state.lastRun);
+  const lastKind = state.lastRun?.kind;
+  family("bin_proxy_last_run_kind", "gauge", "1 for the kind of the last run (pass, rollback, retry, config-error), 0 for the others.", lastKind ? byKind("bin_proxy_last_run_kind", (kind) => Number(lastKind === kind)) : "");
+  run("bin_proxy_last_pass", "pass (a configuration error counts as a failed pass)", state.lastPass);
+  gauge("bin_proxy_last_success_timestamp_seconds", "When the last pass that exited 0 ended, in seconds since the epoch; 0: never.", state.lastSuccessAt ? seconds(Date.parse(state.lastSuccessAt)) : 0);
+  family("bin_proxy_runs_total", "counter", "Runs of bin-proxy, by kind.", byKind("bin_proxy_runs_total", (kind) => state.runs[kind]));
+  let info = "";
+  for (const name of names) {
+    const b = state.binaries[name]!;
+    info += `bin_proxy_binary_info{name="${name}",installed="${b.installed ?? ""}",target="${b.target ?? ""}",target_version="${escapeLabel(b.targetVersion)}"} 1\n`;
+  }
+  family("bin_proxy_binary_info", "gauge", "Installed and target version of each binary, as 12-hex short SHA-256 (\"\": none or not known yet), and the API's release name of the target.", info);
+  for (const [metric, type, help, value] of PER_BINARY) {
+    let samples = "";
+    for (const name of names) {
+      const v = value(state.binaries[name]!);
+      if (v !== null) samples += `${metric}{name="${name}"} ${v}\n`;
+    }
+    family(metric, type, help, samples);
   }
   return text;
 }
