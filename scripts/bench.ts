@@ -27,7 +27,7 @@ const DOWNLOADS = "/api/v1/download";
 interface Options {
   /** Runs of each sub-second figure. */
   runs: number;
-  /** Runs of each no-op pass figure: ~20 ms each, and judged to 10 %, which the median of 10 runs on a shared VM is not steady enough for. */
+  /** Runs of each no-op pass figure: ~20 ms each, and judged to 10 %, which 10 or even 30 runs on a shared VM are not steady enough for. */
   noopRuns: number;
   /** Runs of each figure that moves a GiB or more, and rounds of the fleet (at most 5). */
   bigRuns: number;
@@ -43,7 +43,7 @@ function parseOptions(argv: string[]): Options {
     else if (argv[i] === "--runs" && Number.isInteger(Number(argv[i + 1])) && Number(argv[i + 1]) >= 1) runs = Number(argv[++i]);
     else throw new Error(usage);
   }
-  return { runs, noopRuns: 3 * runs, bigRuns: Math.min(runs, 5), fleet };
+  return { runs, noopRuns: 10 * runs, bigRuns: Math.min(runs, 5), fleet };
 }
 
 /** One process, /usr/bin/time-style: wall and CPU in ms, peak RSS in KiB. */
@@ -128,6 +128,18 @@ async function rounds(figures: Figure[]): Promise<Map<string, Result>> {
 }
 
 const progress = (line: string) => process.stderr.write(`  ${line}\n`);
+
+/** This machine's CPU time so far, from /proc/stat: all of it, and what the hypervisor gave to other guests (steal), in ticks. */
+function cpuTimes(): { total: number; steal: number } {
+  const ticks = readFileSync("/proc/stat", "utf8").split("\n")[0]!.trim().split(/\s+/).slice(1).map(Number);
+  return { total: ticks.reduce((a, b) => a + b, 0), steal: ticks[7] ?? 0 };
+}
+
+/** The share of CPU time stolen since before: what says a figure was taken while other guests of the host were busy. */
+function stolenSince(before: { total: number; steal: number }): number {
+  const now = cpuTimes();
+  return (now.steal - before.steal) / Math.max(1, now.total - before.total);
+}
 
 /** Writes `size` random bytes to path and returns their SHA-256; constant memory whatever the size. */
 function randomFile(path: string, size: number): string {
@@ -422,6 +434,7 @@ async function hostBench({ runs, noopRuns, bigRuns }: Options): Promise<void> {
 
   progress(`no-op pass (${noopRuns} runs each, ${bigRuns} of sha256sum)`);
   requestCounts.splice(0);
+  const cpuBefore = cpuTimes();
   const noop = await rounds([
     { name: "no-op pass, 20 x 1 MiB", runs: noopRuns, run: pass(small) },
     { name: "no-op pass, 20 x 64 MiB", runs: noopRuns, run: pass(large) },
@@ -431,6 +444,7 @@ async function hostBench({ runs, noopRuns, bigRuns }: Options): Promise<void> {
     { name: "bin-proxy --version", runs: noopRuns, run: () => measure([releaseExe, "--version"]) },
   ]);
   const noopRequests = [...requestCounts];
+  const noopSteal = stolenSince(cpuBefore);
 
   // Updates: one binary per host, always from the same 1 MiB old version to the API's target.
   const oldPath = join(data, "old");
@@ -669,6 +683,7 @@ async function hostBench({ runs, noopRuns, bigRuns }: Options): Promise<void> {
     judged({ target: "no-op pass CPU with BIN_PROXY_METRICS_FILE / without (median of the rounds' ratios)", value: paired(noop, metricsPass, plainPass, "cpuMs"), limit: "≤ 1.1" }),
     judged({ target: "(reference) the same two, as the ratio of the medians: wall", value: m(noop, metricsPass).wallMs / noop64.wallMs, limit: "—" }),
     judged({ target: "(reference) the same two, as the ratio of the medians: CPU", value: m(noop, metricsPass).cpuMs / noop64.cpuMs, limit: "—" }),
+    judged({ target: "(reference) CPU time stolen by the hypervisor during the no-op figures", value: noopSteal, shown: `${(100 * noopSteal).toFixed(1)} %`, limit: "—" }),
     judged({ target: "no-op pass wall with BIN_PROXY_TRUSTED_KEYS / without (median of the rounds' ratios)", value: paired(noop, keysPass, plainPass, "wallMs"), limit: "≤ 1.1" }),
     judged({ target: "no-op pass CPU with BIN_PROXY_TRUSTED_KEYS / without (median of the rounds' ratios)", value: paired(noop, keysPass, plainPass, "cpuMs"), limit: "≤ 1.1" }),
     judged({ target: "1 GiB update wall / max(transfer, hash, disk alone)", value: bigUpdate.wallMs / floor, limit: "≤ 1.3" }),
