@@ -66,7 +66,6 @@ export function reportDue(pending: PendingReport | null, recorded: Sha256 | null
 
 const journalDir = (stateDir: string) => join(stateDir, "journal");
 
-
 /** Validates a record read from disk; null for anything that is not one (a garbage file proves no attempt). */
 export function parseAttempt(value: unknown): AttemptRecord | null {
   if (!isObject(value)) return null;

@@ -59,7 +59,6 @@ export function nameProblem(name: string): string | null {
   return null;
 }
 
-
 function optionalSha(entry: Json, key: string, where: string): Sha256 | null {
   const value = entry[key];
   if (value === undefined || value === "") return null;

@@ -266,7 +266,6 @@ function formatMetricsState(state: MetricsState): string {
   return JSON.stringify({ format: STATE_FORMAT, ...state }, null, 2) + "\n";
 }
 
-
 // ---- the pass log ----
 
 /**

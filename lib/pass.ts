@@ -16,7 +16,6 @@ import { loadTrustedKeys } from "./signature.ts";
 import { binaryPath, preview, updateBinary, type Outcome, type PassContext } from "./update.ts";
 import { VERSION } from "./version.ts";
 
-
 export interface PassOptions {
   dryRun: boolean;
   /** Spread a fleet's load: sleep a random 0..splay seconds first (never in --dry-run or on a terminal). */
