@@ -102,6 +102,20 @@ async function collect(settings: Settings, entries: Entry[], now: Date): Promise
       // supervisorctl could not run: every state is UNKNOWN
     }
   }
+  // Each directory is listed once (BIN_DIR for every binary but bin-proxy itself), whatever the number of binaries.
+  const listings = new Map<string, string[]>();
+  const filesIn = (dir: string): string[] => {
+    let files = listings.get(dir);
+    if (files === undefined) {
+      try {
+        files = readdirSync(dir);
+      } catch {
+        files = [];
+      }
+      listings.set(dir, files);
+    }
+    return files;
+  };
   return entries.map((entry) => {
     const path = binaryPath(settings, entry.binaryName);
     let onDisk: Sha256 | null = null;
@@ -126,7 +140,7 @@ async function collect(settings: Settings, entries: Entry[], now: Date): Promise
       otherHolds: (entry.otherHolds ?? []).map((h) => holdState(h, now)),
       attempt: attemptOf(settings.stateDir, entry.binaryName),
       signedAt: signedAtOf(settings.stateDir, entry.binaryName, onDisk),
-      partial: partialOf(path, settings.maxDownloadBytes),
+      partial: partialOf(path, filesIn(dirname(path)), settings.maxDownloadBytes),
       attention: null,
     };
     const unknownBecause = row.supervisor === "UNKNOWN" ? oneLine(states) || "supervisorctl printed nothing" : null;
@@ -145,14 +159,8 @@ function signedAtOf(stateDir: string, name: string, onDisk: Sha256 | null): stri
   return signed ? formatSignedTime(signed.timestamp) : null;
 }
 
-/** The resumable partial download of the binary at path, whichever version it is of. */
-function partialOf(path: string, maxBytes: number): BinaryStatus["partial"] {
-  let files: string[];
-  try {
-    files = readdirSync(dirname(path));
-  } catch {
-    return null;
-  }
+/** The resumable partial download of the binary at path, whichever version it is of, among the files of its directory. */
+function partialOf(path: string, files: string[], maxBytes: number): BinaryStatus["partial"] {
   for (const file of files) {
     const version = partialVersion(file, basename(path));
     const kept = version && resumablePartial(path, version, maxBytes);
