@@ -95,16 +95,16 @@ export function fsyncDir(dir: string): void {
 /**
  * How much of a replacement reaches the disk before it returns. "rename" (the default): the data
  * before the rename and the directory entry after it, so the replacement itself survives a power
- * cut. "none": a rewrite that a later run makes again whole (the metrics file), where the rename
- * alone keeps readers from ever seeing it torn.
+ * cut. "none": a rewrite that a later run makes again whole (the metrics file): nothing is synced,
+ * and replacing the name atomically (replaceUnsynced) alone keeps readers from ever seeing it torn.
  */
 export type Sync = "rename" | "none";
 
 /**
- * The one way a file is replaced. Mode and owner are set and the data made durable before the
- * rename, and the directory entry after it, so that whatever instant the machine dies, dest is
- * either the old file or the complete new one. It takes fd: closed whatever happens, so no caller
- * ever closes that number again (by then it may be another file's, or a socket's).
+ * The one way a file is replaced. Mode and owner are set and (sync "rename") the data made durable
+ * before the rename, and the directory entry after it, so that whatever instant the machine dies,
+ * dest is either the old file or the complete new one. It takes fd: closed whatever happens, so no
+ * caller ever closes that number again (by then it may be another file's, or a socket's).
  */
 export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta, sync: Sync = "rename"): void {
   try {
@@ -136,8 +136,16 @@ export function replaceAtomically(fd: number, tempPath: string, dest: string, me
  * Anything but a regular file at dest, or a filesystem without the exchange, gets the rename.
  */
 function replaceUnsynced(tempPath: string, dest: string): void {
-  if (lstatSync(dest, { throwIfNoEntry: false })?.isFile() && exchangeNames(tempPath, dest)) removeIfPresent(tempPath);
-  else renameSync(tempPath, dest);
+  if (lstatSync(dest, { throwIfNoEntry: false })?.isFile() && exchangeNames(tempPath, dest)) {
+    // What came to tempPath is removed only if it is the old file: anything put at dest since the
+    // lstat (a directory) is exchanged back, and the rename below refuses it, moving nothing.
+    if (lstatSync(tempPath).isFile()) {
+      removeIfPresent(tempPath);
+      return;
+    }
+    exchangeNames(tempPath, dest);
+  }
+  renameSync(tempPath, dest);
 }
 
 /** The mode and owner of path, or the fallback when there is no such file. */
@@ -207,6 +215,15 @@ function isOrphanTemp(name: string): boolean {
   return Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid);
 }
 
+/** Removes a leftover; one that cannot be (a directory under that name) is left, never stopping the write the sweep comes before. */
+function removedIfPossible(path: string): boolean {
+  try {
+    return removeIfPresent(path);
+  } catch {
+    return false;
+  }
+}
+
 /** Removes the temp files of each dest left by processes that died mid-write (kill -9, power loss); one read per directory. */
 export function sweepOrphanTemps(...dests: string[]): string[] {
   const removed: string[] = [];
@@ -220,7 +237,7 @@ export function sweepOrphanTemps(...dests: string[]): string[] {
     }
     for (const name of names) {
       const ofDest = prefixes.some((prefix) => name.startsWith(prefix) && /^\d+\.tmp$/.test(name.slice(prefix.length)));
-      if (ofDest && isOrphanTemp(name) && removeIfPresent(join(dir, name))) removed.push(name);
+      if (ofDest && isOrphanTemp(name) && removedIfPossible(join(dir, name))) removed.push(name);
     }
   }
   return removed;
@@ -237,6 +254,6 @@ export function sweepOrphanTempsUnder(dir: string): string[] {
   return entries.flatMap((e) => {
     const path = join(dir, e.name);
     if (e.isDirectory()) return sweepOrphanTempsUnder(path).map((name) => join(e.name, name));
-    return isOrphanTemp(e.name) && removeIfPresent(path) ? [e.name] : [];
+    return isOrphanTemp(e.name) && removedIfPossible(path) ? [e.name] : [];
   });
 }

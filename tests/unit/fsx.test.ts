@@ -1,10 +1,11 @@
 // The file primitives every writer shares: a temp file left by a dead process of our pid never stops a write, nor redirects it.
 import { afterAll, describe, expect, test } from "bun:test";
-import { closeSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readTextIfPresent, readTextNoFollow, tempPathFor, writeFileAtomic } from "../../lib/fsx.ts";
+import { readTextIfPresent, readTextNoFollow, sweepOrphanTemps, tempPathFor, writeFileAtomic } from "../../lib/fsx.ts";
+import { exchangeNames } from "../../lib/libc.ts";
 
 const dirs: string[] = [];
 const freshDir = () => {
@@ -74,6 +75,28 @@ describe("writeFileAtomic", () => {
     expect(() => writeFileAtomic(asDir, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true })).toThrow(/EISDIR|EEXIST|ENOTEMPTY/);
     expect(readFileSync(join(asDir, "inside"), "utf8")).toBe("kept");
     expect(readdirSync(dir).sort()).toEqual(["bin_proxy.prom", "dir.prom", "victim"]);
+  });
+
+  test("exchangeNames swaps two files in one step; with a name missing it says so and changes nothing", () => {
+    const dir = freshDir();
+    const [a, b] = [join(dir, "a"), join(dir, "b")];
+    writeFileSync(a, "A");
+    writeFileSync(b, "B");
+    expect(exchangeNames(a, b)).toBe(true);
+    expect([readFileSync(a, "utf8"), readFileSync(b, "utf8")]).toEqual(["B", "A"]);
+    expect(exchangeNames(a, join(dir, "missing"))).toBe(false);
+    expect(readdirSync(dir).sort()).toEqual(["a", "b"]);
+  });
+
+  test("a leftover that cannot be removed (a directory under a dead run's temp name) never stops the write", () => {
+    const dir = freshDir();
+    const dest = join(dir, "bin_proxy.prom");
+    const stuck = join(dir, ".bin_proxy.prom.999999999.tmp");
+    mkdirSync(join(stuck, "inside"), { recursive: true });
+    expect(sweepOrphanTemps(dest)).toEqual([]);
+    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+    expect(readFileSync(dest, "utf8")).toBe("metrics\n");
+    expect(existsSync(join(stuck, "inside"))).toBe(true);
   });
 
   test("text is written as UTF-8", () => {
