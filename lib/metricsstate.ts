@@ -355,13 +355,9 @@ export function readSavedState(stateDir: string): SavedState | null {
   return { state: withLoggedPass(snapshot, log.last), newest: passLogPath(stateDir), loggedPasses: log.lines, logAppendable: log.appendable };
 }
 
-/** The last pass recorded under stateDir, for `status`; null when none was, or the state cannot be read. */
+/** The last pass recorded under stateDir, for `status`; null when none was. Throws when the state cannot be read. */
 export function readLastPass(stateDir: string): RunRecord | null {
-  try {
-    return readSavedState(stateDir)?.state.lastPass ?? null;
-  } catch {
-    return null;
-  }
+  return readSavedState(stateDir)?.state.lastPass ?? null;
 }
 
 /**

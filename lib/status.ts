@@ -74,10 +74,16 @@ export interface StatusOptions {
  */
 export async function runStatus(settings: Settings, options: StatusOptions): Promise<number> {
   let report: StatusReport;
+  const lastPassFacts: LastPassFacts = { metricsSet: settings.metricsFile !== null, unreadable: null };
   try {
     const manifest = readManifest(settings.manifest);
     const signaturesRequired = loadTrustedKeys(settings.trustedKeys) !== null;
-    const last = readLastPass(settings.stateDir);
+    let last = null;
+    try {
+      last = readLastPass(settings.stateDir);
+    } catch (err) {
+      lastPassFacts.unreadable = `cannot read the metrics state in ${settings.stateDir}: ${errorText(err)}`;
+    }
     const lastPass = last && { at: last.at, exitCode: last.exitCode, durationMs: last.durationMs };
     report = { binaries: await collect(settings, manifest.entries, new Date()), rejected: manifest.rejected, lastPass, signaturesRequired, restartsDisabled: settings.restartsDisabled };
   } catch (err) {
@@ -85,7 +91,7 @@ export async function runStatus(settings: Settings, options: StatusOptions): Pro
     options.warn(err instanceof ManifestError ? `manifest ${settings.manifest} is invalid: ${err.message}` : `configuration error: ${err.message}`);
     return EXIT_CONFIG;
   }
-  options.print(options.json ? JSON.stringify(report, null, 2) : formatStatus(report, settings.metricsFile !== null));
+  options.print(options.json ? JSON.stringify(report, null, 2) : formatStatus(report, lastPassFacts));
   return report.rejected.length > 0 || report.binaries.some((b) => b.attention) ? EXIT_FAILED : EXIT_OK;
 }
 
@@ -204,8 +210,14 @@ export function cells(b: BinaryStatus): string[] {
   return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version) + (b.versionName ? ` (${b.versionName})` : ""), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold || "-"];
 }
 
-/** The table, columns aligned, then one line per binary that needs attention and per rejected entry; metricsSet: whether BIN_PROXY_METRICS_FILE is set, which records the last pass. */
-export function formatStatus(report: StatusReport, metricsSet: boolean): string {
+/** What says why status knows no last pass: whether BIN_PROXY_METRICS_FILE (which records passes) is set, and why the state could not be read. */
+export interface LastPassFacts {
+  metricsSet: boolean;
+  unreadable: string | null;
+}
+
+/** The table, columns aligned, then one line per binary that needs attention and per rejected entry, then the last pass. */
+export function formatStatus(report: StatusReport, { metricsSet, unreadable }: LastPassFacts): string {
   const rows = [HEADER, ...report.binaries.map(cells)];
   const widths = HEADER.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
   const lines = rows.map((r) => r.map((cell, i) => (i === r.length - 1 ? cell : cell.padEnd(widths[i]!))).join("  "));
@@ -216,7 +228,7 @@ export function formatStatus(report: StatusReport, metricsSet: boolean): string 
     ...report.binaries.filter((b) => b.attention).map((b) => `${b.name}: ${b.attention}`),
     ...report.rejected.map((r) => `${r.label}: entry rejected: ${r.reason}`),
   ];
-  const unrecorded = metricsSet ? "last pass not recorded yet" : "last pass not recorded (BIN_PROXY_METRICS_FILE is not set)";
+  const unrecorded = unreadable ? `last pass unknown: ${unreadable}` : metricsSet ? "last pass not recorded yet" : "last pass not recorded (BIN_PROXY_METRICS_FILE is not set)";
   const last = report.lastPass ? `last pass ${report.lastPass.at}, exit ${report.lastPass.exitCode}, ${report.lastPass.durationMs} ms` : unrecorded;
   const signatures = report.signaturesRequired ? "signatures required" : "signatures not checked (no trusted keys file)";
   return [...lines, ...(notes.length > 0 ? ["", ...notes] : []), "", `${last}; ${signatures}`].join("\n");

@@ -6,11 +6,11 @@
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { parseExposition, type Sample } from "../../lib/metrics.ts";
 import { artifact, startBinManager, status, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { BIN_PROXY, hostPool, runBinProxy, serviceScript } from "../fixture/host.ts";
-import { validate } from "../fixture/jsonschema.ts";
+import { STATUS_SCHEMA, validate } from "../fixture/jsonschema.ts";
 import { makeKeyPair, writeTrustedKeys } from "../fixture/minisign.ts";
 import { promtoolCheckMetrics, startNodeExporter, type NodeExporter } from "../fixture/node-exporter.ts";
 import { processAlive, startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
@@ -18,7 +18,6 @@ import { gatedDownload, killPass, startPass, until, type Run, type Started } fro
 
 const API = "/api/v1";
 const short = (a: Artifact) => a.sha256.slice(0, 12);
-const STATUS_SCHEMA = JSON.parse(readFileSync(resolve(import.meta.dir, "..", "..", "lib", "status.schema.json"), "utf8")) as Record<string, unknown>;
 const SIGNATURES_OFF = "signatures not checked (no trusted keys file)";
 
 let bm: BinManager;

@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { freePort, hostPool, runBinProxy, serviceScript, spawnBinProxy, type Host } from "../fixture/host.ts";
 import { startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
+import { STATUS_SCHEMA, validate } from "../fixture/jsonschema.ts";
 
 const API = "/api/v1";
 const short = (sha: string) => sha.slice(0, 12);
@@ -211,6 +212,17 @@ describe("status", () => {
     });
     expect(report.binaries[1].locks[0].ageSec).toBeGreaterThanOrEqual(5);
     expect(report.binaries[1].locks[0].ageSec).toBeLessThan(120);
+    // otherHolds, a null hold and an expired one, against the documented schema.
+    expect(validate(STATUS_SCHEMA, report)).toEqual([]);
+  });
+
+  test("a metrics state it cannot read: the last line says so (not that no pass ran), and the rest is shown as ever", async () => {
+    const stateDir = mkdtempSync(join(statusHost.root, "garbage-state-"));
+    writeFileSync(join(stateDir, "metrics-state.json"), "\0not json");
+    const r = await run(statusHost, ["status"], { BIN_PROXY_STATE_DIR: stateDir, BIN_PROXY_METRICS_FILE: join(statusHost.root, "bin_proxy.prom") });
+    expect(r.code).toBe(1); // "gone" is still missing
+    expect(r.stdout.trimEnd().split("\n").at(-1)).toMatch(new RegExp(`^last pass unknown: cannot read the metrics state in ${stateDir}: not valid JSON: .*; signatures not checked \\(no trusted keys file\\)$`));
+    expect(readdirSync(stateDir)).toEqual(["metrics-state.json"]);
   });
 
   test('SUPERVISORCTL="" shows "-" for the supervisor; a host with no lock or state directory yet gets none', async () => {

@@ -73,16 +73,17 @@ describe("status", () => {
     expect(cells(kept).at(-1)).toBe("bbbbbbbbbbbb held until the API names another version; aaaaaaaaaaaa held until 2026-11-25T11:00:00.000Z (3 failures); aaaaaaaaaaaa expired 2026-11-25T09:00:00.000Z (1 failure)");
   });
   test("the table aligns its columns and lists what needs attention under it", () => {
-    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false, restartsDisabled: false }, false);
+    const text = formatStatus({ binaries: [row(), row({ name: "longer-name", onDisk: null, attention: "/usr/local/bin/app is missing" })], rejected: [{ label: '"x y"', reason: "binaries[2]: not a plain name" }], lastPass: null, signaturesRequired: false, restartsDisabled: false }, { metricsSet: false, unreadable: null });
     const lines = text.split("\n");
     expect(lines[0]).toMatch(/^NAME {9}SERVICE {2}ON-DISK/);
     expect(lines[1]!.indexOf("app  ")).toBe(0);
     expect(lines[2]!.startsWith("longer-name  app")).toBe(true);
     expect(lines.slice(3)).toEqual(["", "longer-name: /usr/local/bin/app is missing", '"x y": entry rejected: binaries[2]: not a plain name', "", "last pass not recorded (BIN_PROXY_METRICS_FILE is not set); signatures not checked (no trusted keys file)"]);
   });
-  test("with BIN_PROXY_METRICS_FILE set and no pass recorded yet, the footer says just that", () => {
-    const text = formatStatus({ binaries: [row()], rejected: [], lastPass: null, signaturesRequired: true, restartsDisabled: false }, true);
-    expect(text.split("\n").at(-1)).toBe("last pass not recorded yet; signatures required");
+  test("with BIN_PROXY_METRICS_FILE set and no pass recorded yet, the footer says just that; a state it cannot read, that", () => {
+    const report = { binaries: [row()], rejected: [], lastPass: null, signaturesRequired: true, restartsDisabled: false };
+    expect(formatStatus(report, { metricsSet: true, unreadable: null }).split("\n").at(-1)).toBe("last pass not recorded yet; signatures required");
+    expect(formatStatus(report, { metricsSet: true, unreadable: "EACCES" }).split("\n").at(-1)).toBe("last pass unknown: EACCES; signatures required");
   });
 });
 

@@ -1,13 +1,12 @@
 // `bin-proxy status --json` against its published schema (lib/status.schema.json): the compiled executable on a host with one binary in each state.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { hostPool, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
-import { validate } from "../fixture/jsonschema.ts";
+import { STATUS_SCHEMA, validate } from "../fixture/jsonschema.ts";
 import { startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 
-const schema = JSON.parse(readFileSync(resolve(import.meta.dir, "../../lib/status.schema.json"), "utf8")) as Record<string, unknown>;
 const sha = (text: string) => new Bun.CryptoHasher("sha256").update(text).digest("hex");
 const OTHER = "e".repeat(64);
 
@@ -50,7 +49,7 @@ afterAll(async () => {
 
 describe("status --json", () => {
   test("validates against lib/status.schema.json", () => {
-    expect(validate(schema, report)).toEqual([]);
+    expect(validate(STATUS_SCHEMA, report)).toEqual([]);
   });
 
   test("the host shows every kind of value the schema allows (so the check above covers them)", () => {
@@ -76,7 +75,7 @@ describe("status --json", () => {
     for (const [what, breakIt, message] of broken) {
       const r = copy();
       breakIt(r);
-      const errors = validate(schema, r);
+      const errors = validate(STATUS_SCHEMA, r);
       expect([what, errors.join("\n")]).toEqual([what, expect.stringMatching(message)]);
     }
   });
@@ -89,6 +88,6 @@ describe("status --json", () => {
     r.binaries[0].signedAt = null;
     r.binaries[1].attempt = null;
     r.binaries[1].signedAt = "2026-11-20T08:00:00Z";
-    expect(validate(schema, r)).toEqual([]);
+    expect(validate(STATUS_SCHEMA, r)).toEqual([]);
   });
 });
