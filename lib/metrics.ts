@@ -208,11 +208,11 @@ function mergeAndWrite(metricsFile: string, stateDir: string | null, run: RunMet
   }
   if (stateDir) {
     try {
-      // A pass that changed nothing but the pass count and times is a line of the log; any other run a new snapshot.
-      if (canLogPass(saved, next)) logPass(stateDir, next);
-      else saveSnapshot(stateDir, next);
+      // A pass that changed nothing but the pass count and times is a line of the log; any other
+      // run, or a log that cannot take the line, a new snapshot.
+      if (!(canLogPass(saved, next) && logPass(stateDir, next))) saveSnapshot(stateDir, next);
     } catch (err) {
-      problems.push(`cannot save ${metricsStatePath(stateDir)}: ${errorText(err)}`);
+      problems.push(errorText(err));
     }
   }
   return problems.length > 0 ? problems.join("; ") : null;

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { readTextIfPresent, removeIfPresent, utf8, writeAll, writeFileAtomic } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
 import { isObject, isTime, type Json } from "./json.ts";
+import { errorText } from "./log.ts";
 import { nameProblem } from "./manifest.ts";
 
 /** The runs that write the metrics; `status` and `--dry-run` are read-only and write nothing. */
@@ -109,8 +110,8 @@ export function emptyState(): MetricsState {
 }
 
 /** A map of binaries by name with no prototype: `__proto__` and `constructor` are plain names too. */
-export const noBinaries = (): Record<string, BinaryState> => Object.create(null);
-export const zeroCounters = (): Counters => ({ updates: 0, failures: 0, rollbacks: 0, downloadedBytes: 0 });
+const noBinaries = (): Record<string, BinaryState> => Object.create(null);
+const zeroCounters = (): Counters => ({ updates: 0, failures: 0, rollbacks: 0, downloadedBytes: 0 });
 const latest = (a: RunRecord | null, b: RunRecord | null): RunRecord | null => (!a ? b : !b ? a : Date.parse(b.at) > Date.parse(a.at) ? b : a);
 const laterTime = (a: string | null, b: string | null): string | null => (!a ? b : !b ? a : Date.parse(b) > Date.parse(a) ? b : a);
 export const count = (n: number | undefined): number => (Number.isSafeInteger(n) && n! > 0 ? n! : 0);
@@ -219,9 +220,14 @@ function allShortOrNull(...values: unknown[]): boolean {
   return true;
 }
 
+/** A time as this module writes it (toISOString): one Date.parse reads, short and printable, since `status` prints it as it is. */
+const isRecordTime = (v: unknown): v is string => isTime(v) && v.length <= 32 && !NOT_PRINTABLE.test(v);
+/** An exit status: 0 to 255. */
+const isExitCode = (v: unknown): v is number => Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 255;
+
 function parseRecord(v: unknown): RunRecord | null | undefined {
   if (v === null) return null;
-  if (!isObject(v) || !(RUN_KINDS as readonly unknown[]).includes(v.kind) || !isTime(v.at) || !allCounts(v.durationMs) || !Number.isInteger(v.exitCode)) return undefined;
+  if (!isObject(v) || !(RUN_KINDS as readonly unknown[]).includes(v.kind) || !isRecordTime(v.at) || !allCounts(v.durationMs) || !isExitCode(v.exitCode)) return undefined;
   return { kind: v.kind as RunKind, at: v.at, durationMs: v.durationMs as number, exitCode: v.exitCode as number };
 }
 
@@ -251,7 +257,7 @@ function parseMetricsState(text: string): MetricsState {
   const lastRun = parseRecord(doc.lastRun);
   const lastPass = parseRecord(doc.lastPass);
   if (lastRun === undefined || lastPass === undefined) throw new MetricsStateError("lastRun and lastPass must be null or {kind, at, durationMs, exitCode}");
-  if (!(doc.lastSuccessAt === null || isTime(doc.lastSuccessAt))) throw new MetricsStateError("lastSuccessAt must be null or a time");
+  if (!(doc.lastSuccessAt === null || isRecordTime(doc.lastSuccessAt))) throw new MetricsStateError("lastSuccessAt must be null or a time");
   if (!(doc.signaturesRequired === null || typeof doc.signaturesRequired === "boolean")) throw new MetricsStateError("signaturesRequired must be null or a boolean");
   if (!isObject(doc.binaries)) throw new MetricsStateError("binaries must be an object");
   for (const name in doc.binaries) {
@@ -292,7 +298,7 @@ function parseLoggedPass(line: string): LoggedPass | null {
   } catch {
     return null;
   }
-  if (!isObject(v) || !allCounts(v.passes, v.durationMs) || !isTime(v.at) || !Number.isInteger(v.exitCode) || !(v.lastSuccessAt === null || isTime(v.lastSuccessAt))) return null;
+  if (!isObject(v) || !allCounts(v.passes, v.durationMs) || !isRecordTime(v.at) || !isExitCode(v.exitCode) || !(v.lastSuccessAt === null || isRecordTime(v.lastSuccessAt))) return null;
   return { passes: v.passes as number, at: v.at, durationMs: v.durationMs as number, exitCode: v.exitCode as number, lastSuccessAt: v.lastSuccessAt };
 }
 
@@ -310,7 +316,7 @@ export function readPassLog(text: string): { last: LoggedPass | null; lines: num
 }
 
 /** The state after a logged pass (pure); a line the state already counts changes nothing. */
-export function withLoggedPass(state: MetricsState, logged: LoggedPass | null): MetricsState {
+function withLoggedPass(state: MetricsState, logged: LoggedPass | null): MetricsState {
   if (logged === null || logged.passes <= state.runs.pass) return state;
   const record: RunRecord = { kind: "pass", at: logged.at, durationMs: logged.durationMs, exitCode: logged.exitCode };
   return { ...state, runs: { ...state.runs, pass: logged.passes }, lastRun: record, lastPass: record, lastSuccessAt: logged.lastSuccessAt };
@@ -326,7 +332,7 @@ function loggedPassOf(state: MetricsState, lastPass: RunRecord): LoggedPass {
 /** What the state dir holds of the metrics. */
 export interface SavedState {
   state: MetricsState;
-  /** The one of the two files written last (the log when there is one): a metrics file newer than it may hold what the state lacks. */
+  /** The file of the last record the state holds (the log when its last line counts, else the snapshot): a metrics file newer than it may hold what the state lacks. */
   newest: string;
   /** Lines in the log (0: no log). */
   loggedPasses: number;
@@ -352,7 +358,10 @@ export function readSavedState(stateDir: string): SavedState | null {
   } catch {
     return { state: snapshot, newest: statePath, loggedPasses: 0, logAppendable: false };
   }
-  return { state: withLoggedPass(snapshot, log.last), newest: passLogPath(stateDir), loggedPasses: log.lines, logAppendable: log.appendable };
+  // The log is the newer record only while its last line counts: an empty log (its first append
+  // killed before the write) or one the snapshot already holds says nothing the metrics file lacks.
+  const counts = log.last !== null && log.last.passes > snapshot.runs.pass;
+  return { state: withLoggedPass(snapshot, log.last), newest: counts ? passLogPath(stateDir) : statePath, loggedPasses: log.lines, logAppendable: log.appendable };
 }
 
 /** The last pass recorded under stateDir, for `status`; null when none was. Throws when the state cannot be read. */
@@ -370,24 +379,43 @@ export function canLogPass(saved: SavedState | null, next: MetricsState): boolea
   return Bun.deepEquals(withLoggedPass(saved.state, loggedPassOf(next, next.lastPass)), next);
 }
 
-/** Records state as the snapshot, durable before it returns, then removes the log it now holds. */
+/** Records state as the snapshot, durable before it returns, then removes the log it now holds; throws saying which of the two failed. */
 export function saveSnapshot(stateDir: string, state: MetricsState): void {
+  const statePath = metricsStatePath(stateDir);
   // Synced, its directory too, before the log goes: whatever instant the machine dies, the old
   // snapshot is there with its log or the new one is, never a snapshot without the passes the log held.
-  writeFileAtomic(metricsStatePath(stateDir), formatMetricsState(state), { mode: 0o600 });
-  removeIfPresent(passLogPath(stateDir));
+  try {
+    writeFileAtomic(statePath, formatMetricsState(state), { mode: 0o600 });
+  } catch (err) {
+    throw new Error(`cannot save ${statePath}: ${errorText(err)}`);
+  }
+  try {
+    removeIfPresent(passLogPath(stateDir));
+  } catch (err) {
+    throw new Error(`${statePath} is saved, but the pass log it now holds cannot be removed: ${errorText(err)}`);
+  }
 }
 
 /**
- * Records a pass that changed nothing else (canLogPass) as a line appended to the log: no new
- * file, no rename and no fsync on a minutely pass. A power cut can lose the line (the pass count
- * then steps back by the passes of its last seconds) or tear it (ignored, and the next record is a
- * snapshot), but never touches the snapshot: no update, failure, rollback or byte is uncounted.
+ * Records a pass that changed nothing else (canLogPass) as a line appended to the log: no rename
+ * and no fsync on a minutely pass, and a new file only for the first line after a snapshot. A power
+ * cut can lose the line (the pass count then steps back by the passes of its last seconds) or tear
+ * it (ignored, and the next record is a snapshot), but never touches the snapshot: no update,
+ * failure, rollback or byte is uncounted. False when the line could not be appended (a log that
+ * cannot be written): the caller then writes a snapshot, which removes the log or says why not.
  */
-export function logPass(stateDir: string, state: MetricsState): void {
-  const fd = openSync(passLogPath(stateDir), constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
+export function logPass(stateDir: string, state: MetricsState): boolean {
+  let fd: number;
+  try {
+    fd = openSync(passLogPath(stateDir), constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
+  } catch {
+    return false;
+  }
   try {
     writeAll(fd, utf8(`${JSON.stringify(loggedPassOf(state, state.lastPass!))}\n`));
+    return true;
+  } catch {
+    return false;
   } finally {
     closeSync(fd);
   }

@@ -1,12 +1,12 @@
 // The metrics file (SPEC §11): each kind of run rendered, checked by promtool, counters monotonic across runs, atomic writes, served by a real node_exporter.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
-import { appendFileSync, chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
+import { appendFileSync, chmodSync, existsSync, symlinkSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { Sha256 } from "../../lib/hash.ts";
 import { parseExposition, recordConfigError, recordRun, renderMetrics, stateFromMetrics, type Sample } from "../../lib/metrics.ts";
 import {
-  applyRun, canLogPass, emptyState, MAX_LOGGED_PASSES, metricsStatePath, passLogPath, readLastPass, readPassLog, type BinaryMetrics, type RunMetrics,
+  applyRun, canLogPass, emptyState, MAX_LOGGED_PASSES, metricsStatePath, passLogPath, readLastPass, readPassLog, readSavedState, type BinaryMetrics, type RunMetrics,
 } from "../../lib/metricsstate.ts";
 import { COMMIT, VERSION } from "../../lib/version.ts";
 import { promtoolCheckMetrics, promtoolCheckRules, startNodeExporter, type NodeExporter } from "../fixture/node-exporter.ts";
@@ -383,9 +383,84 @@ describe("the pass log: a pass that changed nothing is one appended line, not a 
     expect(existsSync(logPath(host))).toBe(false);
     expect(passes(host)).toBe(2);
     mkdirSync(logPath(host));
-    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]))).toMatch(/cannot save .*metrics-state\.json: .*metrics-passes\.log/);
+    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]))).toMatch(/metrics-state\.json is saved, but the pass log it now holds cannot be removed: EISDIR.*metrics-passes\.log/);
     expect(passes(host)).toBe(3);
     expect(JSON.parse(readFileSync(metricsStatePath(host.stateDir), "utf8")).runs.pass).toBe(3);
+  });
+
+  test("a pass killed between creating the log and writing its line: the metrics file it wrote is read back, so its pass still counts", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]));
+    // What the killed pass leaves: its metrics file (2 passes), then an empty log, created after it.
+    writeFileSync(logPath(host), "");
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]));
+    expect(passes(host)).toBe(3);
+  });
+
+  test("a metrics file older than the log's last line is not read back: the state's counts stand", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]));
+    writeFileSync(host.metricsFile, readFileSync(host.metricsFile, "utf8").replace(/^(bin_proxy_updates_total\{name="app"\}) 1$/m, "$1 99"));
+    const logTime = statSync(logPath(host)).mtime;
+    utimesSync(host.metricsFile, new Date(logTime.getTime() - 60_000), new Date(logTime.getTime() - 60_000));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]));
+    expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_updates_total", { name: "app" })).toBe(1);
+    expect(logLines(host)).toHaveLength(2);
+  });
+
+  test("a log line with the pass count of a later snapshot (a rollback killed before removing the log) does not hide that run", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
+    for (let i = 1; i <= 3; i++) recordRun(host.metricsFile, host.stateDir, pass(minutes(i), [app()]));
+    const log = readFileSync(logPath(host));
+    // The rollback counts no pass: its snapshot has the log's last pass count, 4.
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(4), [app({ event: { rolledBack: true } })], { kind: "rollback" }));
+    writeFileSync(logPath(host), log);
+    expect(readSavedState(host.stateDir)?.state.lastRun).toMatchObject({ kind: "rollback", at: new Date(minutes(4).getTime() + 1500).toISOString() });
+    const s = parseExposition(readFileSync(host.metricsFile, "utf8"));
+    expect(value(s, "bin_proxy_runs_total", { kind: "pass" })).toBe(4);
+    expect(value(s, "bin_proxy_last_run_kind", { kind: "rollback" })).toBe(1);
+  });
+
+  test("a symlink, or a log larger than 60 lines could make, at the log's path is not read: the next record is a snapshot, which removes it", () => {
+    const host = freshHost();
+    const victim = join(host.root, "victim");
+    writeFileSync(victim, "keep me\n");
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
+    symlinkSync(victim, logPath(host));
+    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]))).toBeNull();
+    expect(readFileSync(victim, "utf8")).toBe("keep me\n");
+    expect(existsSync(logPath(host))).toBe(false);
+    writeFileSync(logPath(host), `${JSON.stringify({ passes: 999, at: T0.toISOString(), durationMs: 1, exitCode: 0, lastSuccessAt: null })}\n`.repeat(1000));
+    expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]))).toBeNull();
+    expect(existsSync(logPath(host))).toBe(false);
+    expect(passes(host)).toBe(3);
+  });
+
+  test("a log that cannot be appended to (immutable): every pass is a snapshot instead, each saying why the log stays", () => {
+    const host = freshHost();
+    recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
+    recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]));
+    expect(Bun.spawnSync(["chattr", "+i", logPath(host)]).exitCode).toBe(0);
+    try {
+      for (let i = 2; i <= 3; i++) {
+        expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(i), [app()]))).toMatch(/metrics-state\.json is saved, but the pass log it now holds cannot be removed: EPERM/);
+        expect(JSON.parse(readFileSync(metricsStatePath(host.stateDir), "utf8")).runs.pass).toBe(i + 1);
+        expect(passes(host)).toBe(i + 1);
+      }
+    } finally {
+      Bun.spawnSync(["chattr", "-i", logPath(host)]);
+    }
+  });
+
+  test("a record time or exit status this module would never write is refused as garbage", () => {
+    const line = (over: object) => JSON.stringify({ passes: 2, at: T0.toISOString(), durationMs: 5, exitCode: 0, lastSuccessAt: null, ...over });
+    expect(readPassLog(`${line({})}\n`).last).not.toBeNull();
+    for (const bad of [{ at: "Jan 1 2026 \u001b[2J" }, { exitCode: 1e300 }, { exitCode: -1 }, { lastSuccessAt: `${T0.toISOString()}${" ".repeat(40)}` }]) {
+      expect(readPassLog(`${line(bad)}\n`)).toMatchObject({ last: null, appendable: false });
+    }
   });
 
   test("readPassLog: the last valid line counts; another line follows only a whole valid one", () => {
