@@ -9,7 +9,7 @@ import type { Logger } from "./log.ts";
 import { readManifest, type Entry } from "./manifest.ts";
 import { recordConfigError, recordRun } from "./metrics.ts";
 import type { BinaryEvent, BinaryMetrics, RunKind } from "./metricsstate.ts";
-import type { Outcome } from "./update.ts";
+import { rolledBack, type Outcome } from "./update.ts";
 
 /** One binary's share of a run: what the API named (null: not asked) and how its update ended (null: not touched). */
 export interface BinaryResult {
@@ -72,8 +72,7 @@ function binaryMetrics(open: Set<string>, entry: Entry, { target, outcome, event
       updated: outcome.kind === "updated" || outcome.kind === "adopted",
       // An API that could not name a target fails the pass, not an update: none was tried.
       failed: outcome.kind === "failed" && target !== null,
-      // Put back as it was, or given up after the second death (which puts the backup back too).
-      rolledBack: outcome.kind === "failed" && (outcome.undo.kind === "restored" || outcome.step === "give-up"),
+      rolledBack: rolledBack(outcome),
       downloadedBytes: outcome.kind === "updated" || outcome.kind === "failed" ? outcome.downloadedBytes : 0,
     };
   }

@@ -61,6 +61,14 @@ export type Outcome =
   | { kind: "updated"; downloadedBytes: number }
   | { kind: "failed"; step: string; error: string; undo: Undo; downloadedBytes: number };
 
+/** The step that rolls back an update whose passes kept dying: it fails once the backup is back (its restore is a step, not an undo). */
+const GIVE_UP = "give-up";
+
+/** Whether an update's outcome put the old binary back: its undo restored it, or it was given up after the second death. */
+export function rolledBack(outcome: Outcome): boolean {
+  return outcome.kind === "failed" && (outcome.undo.kind === "restored" || outcome.step === GIVE_UP);
+}
+
 /**
  * Where the version to install comes from. A pass downloads the API's target once the plan allows
  * it; `rollback NAME` installs the kept backup of previousVersion whatever the API names, and holds
@@ -457,7 +465,7 @@ const restore: Step<Attempt, Stop> = {
 };
 
 const giveUp: Step<Attempt, Stop> = {
-  name: "give-up",
+  name: GIVE_UP,
   async run(a) {
     removeAttempt(a.ctx.settings.stateDir, a.name);
     throw new Error(`the passes that installed ${short(a.target.sha256)} died before committing it ${a.record!.deaths} times (killed, rebooted, or ended by the new version); rolled back and held`);

@@ -9,7 +9,7 @@ import { formatLine, redact } from "../../lib/log.ts";
 import { ManifestError, parseManifest, type Entry } from "../../lib/manifest.ts";
 import { parseOsRelease } from "../../lib/nodeinfo.ts";
 import { parseState } from "../../lib/service.ts";
-import { plan } from "../../lib/update.ts";
+import { plan, rolledBack } from "../../lib/update.ts";
 
 const A = "a".repeat(64) as Sha256;
 const B = "b".repeat(64) as Sha256;
@@ -69,6 +69,15 @@ describe("plan", () => {
   test("a hold on another target does not apply", () => {
     expect(plan(entry({ hold: { version: C, failures: 3, until: null } }), A, B, now)).toEqual({ kind: "update" });
   });
+});
+
+test("rolledBack: an undo that restored the old binary, or a give-up after the second death; not a failure with nothing to restore, nor an inconsistent one", () => {
+  const failed = (step: string, undo: { kind: "restored" } | { kind: "nothing-to-restore" } | { kind: "inconsistent"; why: string }) => ({ kind: "failed" as const, step, error: "x", undo, downloadedBytes: 0 });
+  expect(rolledBack(failed("restart", { kind: "restored" }))).toBe(true);
+  expect(rolledBack(failed("give-up", { kind: "nothing-to-restore" }))).toBe(true);
+  expect(rolledBack(failed("download", { kind: "nothing-to-restore" }))).toBe(false);
+  expect(rolledBack(failed("restart", { kind: "inconsistent", why: "no backup" }))).toBe(false);
+  expect(rolledBack({ kind: "updated", downloadedBytes: 5 })).toBe(false);
 });
 
 describe("holds", () => {
