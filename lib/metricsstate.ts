@@ -1,7 +1,6 @@
 // Owns the metrics' state (SPEC §11): what a run adds to it (pure), and its record under the state dir, a snapshot and the log of the passes since that changed nothing else.
-import { closeSync, constants, openSync } from "node:fs";
 import { join } from "node:path";
-import { readTextIfPresent, removeIfPresent, utf8, writeAll, writeFileAtomic } from "./fsx.ts";
+import { appendText, readTextIfPresent, removeIfPresent, writeFileAtomic } from "./fsx.ts";
 import { short, type Sha256 } from "./hash.ts";
 import { isObject, isTime, type Json } from "./json.ts";
 import { errorText } from "./log.ts";
@@ -298,8 +297,11 @@ function parseLoggedPass(line: string): LoggedPass | null {
   } catch {
     return null;
   }
-  if (!isObject(v) || !allCounts(v.passes, v.durationMs) || !isRecordTime(v.at) || !isExitCode(v.exitCode) || !(v.lastSuccessAt === null || isRecordTime(v.lastSuccessAt))) return null;
-  return { passes: v.passes as number, at: v.at, durationMs: v.durationMs as number, exitCode: v.exitCode as number, lastSuccessAt: v.lastSuccessAt };
+  // Its time, duration and exit status are a pass's record, checked as the snapshot's are.
+  if (!isObject(v)) return null;
+  const record = parseRecord({ ...v, kind: "pass" });
+  if (!record || !allCounts(v.passes) || !(v.lastSuccessAt === null || isRecordTime(v.lastSuccessAt))) return null;
+  return { passes: v.passes as number, at: record.at, durationMs: record.durationMs, exitCode: record.exitCode, lastSuccessAt: v.lastSuccessAt };
 }
 
 /** What a pass log's text says (pure): its last valid line, how many lines it has, and whether another line can follow them. */
@@ -322,9 +324,10 @@ function withLoggedPass(state: MetricsState, logged: LoggedPass | null): Metrics
   return { ...state, runs: { ...state.runs, pass: logged.passes }, lastRun: record, lastPass: record, lastSuccessAt: logged.lastSuccessAt };
 }
 
-/** The line that records state's last pass. */
-function loggedPassOf(state: MetricsState, lastPass: RunRecord): LoggedPass {
-  return { passes: state.runs.pass, at: lastPass.at, durationMs: lastPass.durationMs, exitCode: lastPass.exitCode, lastSuccessAt: state.lastSuccessAt };
+/** The line that records state's last pass (one there must be). */
+function loggedPassOf(state: MetricsState): LoggedPass {
+  const { at, durationMs, exitCode } = state.lastPass!;
+  return { passes: state.runs.pass, at, durationMs, exitCode, lastSuccessAt: state.lastSuccessAt };
 }
 
 // ---- the record under the state dir: snapshot and log ----
@@ -347,17 +350,20 @@ export interface SavedState {
  */
 export function readSavedState(stateDir: string): SavedState | null {
   const statePath = metricsStatePath(stateDir);
+  // The log first: `status` reads without the flock, and a run that replaces both files in between
+  // then leaves an old log beside the new snapshot (lines it already holds), never the old snapshot
+  // without the log that completed it. null: no log; undefined: one that cannot be read.
+  let log: ReturnType<typeof readPassLog> | null | undefined;
+  try {
+    const logText = readTextIfPresent(passLogPath(stateDir), MAX_LOG_BYTES);
+    log = logText === null ? null : readPassLog(logText);
+  } catch {
+    log = undefined;
+  }
   const text = readTextIfPresent(statePath);
   if (text === null) return null;
   const snapshot = parseMetricsState(text);
-  let log;
-  try {
-    const logText = readTextIfPresent(passLogPath(stateDir), MAX_LOG_BYTES);
-    if (logText === null) return { state: snapshot, newest: statePath, loggedPasses: 0, logAppendable: true };
-    log = readPassLog(logText);
-  } catch {
-    return { state: snapshot, newest: statePath, loggedPasses: 0, logAppendable: false };
-  }
+  if (!log) return { state: snapshot, newest: statePath, loggedPasses: 0, logAppendable: log === null };
   // The log is the newer record only while its last line counts: an empty log (its first append
   // killed before the write) or one the snapshot already holds says nothing the metrics file lacks.
   const counts = log.last !== null && log.last.passes > snapshot.runs.pass;
@@ -376,7 +382,7 @@ export function readLastPass(stateDir: string): RunRecord | null {
  */
 export function canLogPass(saved: SavedState | null, next: MetricsState): boolean {
   if (saved === null || !saved.logAppendable || saved.loggedPasses >= MAX_LOGGED_PASSES || next.lastPass === null) return false;
-  return Bun.deepEquals(withLoggedPass(saved.state, loggedPassOf(next, next.lastPass)), next);
+  return Bun.deepEquals(withLoggedPass(saved.state, loggedPassOf(next)), next);
 }
 
 /** Records state as the snapshot, durable before it returns, then removes the log it now holds; throws saying which of the two failed. */
@@ -405,18 +411,10 @@ export function saveSnapshot(stateDir: string, state: MetricsState): void {
  * cannot be written): the caller then writes a snapshot, which removes the log or says why not.
  */
 export function logPass(stateDir: string, state: MetricsState): boolean {
-  let fd: number;
   try {
-    fd = openSync(passLogPath(stateDir), constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
-  } catch {
-    return false;
-  }
-  try {
-    writeAll(fd, utf8(`${JSON.stringify(loggedPassOf(state, state.lastPass!))}\n`));
+    appendText(passLogPath(stateDir), `${JSON.stringify(loggedPassOf(state))}\n`, 0o600);
     return true;
   } catch {
     return false;
-  } finally {
-    closeSync(fd);
   }
 }
