@@ -83,6 +83,19 @@ export function writeAll(fd: number, data: Uint8Array): void {
   for (let off = 0; off < data.length; ) off += writeSync(fd, data, off, data.length - off);
 }
 
+/**
+ * Appends text to the file at path, creating it with mode if it is missing: never through a
+ * symlink (ELOOP), and never waiting on a FIFO planted there (O_NONBLOCK: ENXIO without a reader).
+ */
+export function appendText(path: string, text: string, mode: number): void {
+  const fd = openSync(path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, mode);
+  try {
+    writeAll(fd, utf8(text));
+  } finally {
+    closeSync(fd);
+  }
+}
+
 export function fsyncDir(dir: string): void {
   const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {

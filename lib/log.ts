@@ -1,6 +1,5 @@
 // Owns the event log: one logfmt line per event, appended to LOG_FILE and echoed to stderr when asked.
-import { closeSync, constants, openSync } from "node:fs";
-import { utf8, writeAll } from "./fsx.ts";
+import { appendText } from "./fsx.ts";
 
 export type Level = "info" | "warn" | "error";
 export type Fields = Record<string, string | number | boolean | undefined>;
@@ -13,8 +12,6 @@ export interface LogOptions {
   /** Strings that must never appear in a line (the API token). */
   secrets: string[];
 }
-
-const APPEND_NOFOLLOW = constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW;
 
 const BARE_VALUE = /^[A-Za-z0-9._:/@+\-,>]+$/;
 
@@ -72,12 +69,7 @@ export class Logger {
     if (this.options.file === undefined || this.fileBroken) return;
     try {
       // Root appends here: a symlink planted at the log's path must not redirect the write elsewhere.
-      const fd = openSync(this.options.file, APPEND_NOFOLLOW, 0o640);
-      try {
-        writeAll(fd, utf8(line + "\n"));
-      } finally {
-        closeSync(fd);
-      }
+      appendText(this.options.file, line + "\n", 0o640);
     } catch (err) {
       // An unwritable log must not stop the pass; say so on stderr, where cron mails it.
       this.fileBroken = true;

@@ -4,7 +4,7 @@ import { closeSync, existsSync, fstatSync, lstatSync, mkdirSync, mkdtempSync, op
 import { spawnSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { readTextIfPresent, readTextNoFollow, sweepOrphanTemps, tempPathFor, writeFileAtomic } from "../../lib/fsx.ts";
+import { appendText, readTextIfPresent, readTextNoFollow, sweepOrphanTemps, tempPathFor, writeFileAtomic } from "../../lib/fsx.ts";
 import { exchangeNames } from "../../lib/libc.ts";
 
 const dirs: string[] = [];
@@ -103,6 +103,24 @@ describe("writeFileAtomic", () => {
     const dest = join(freshDir(), "note");
     writeFileAtomic(dest, 'version="v2 β"\n');
     expect(readFileSync(dest)).toEqual(Buffer.from('version="v2 β"\n', "utf8"));
+  });
+});
+
+describe("appendText: the event log and the metrics pass log", () => {
+  test("appends, creating the file with its mode; never through a symlink, never waiting on a FIFO without a reader", () => {
+    const dir = freshDir();
+    const log = join(dir, "log");
+    appendText(log, "one\n", 0o640);
+    appendText(log, "two\n", 0o600);
+    expect(readFileSync(log, "utf8")).toBe("one\ntwo\n");
+    expect(statSync(log).mode & 0o777).toBe(0o640);
+    const victim = join(dir, "victim");
+    writeFileSync(victim, "keep me");
+    symlinkSync(victim, join(dir, "link"));
+    expect(() => appendText(join(dir, "link"), "x\n", 0o600)).toThrow(/ELOOP/);
+    expect(spawnSync("mkfifo", [join(dir, "fifo")]).status).toBe(0);
+    expect(() => appendText(join(dir, "fifo"), "x\n", 0o600)).toThrow(/ENXIO/);
+    expect(readFileSync(victim, "utf8")).toBe("keep me");
   });
 });
 
