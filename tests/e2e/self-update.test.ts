@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { artifact, startBinManager, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { selfUpdateBuilds, makeHost, runBinProxy, serviceScript, type Host } from "../fixture/host.ts";
+import { requireCommand } from "../fixture/daemon.ts";
 import { startSupervisor, type Supervisor } from "../fixture/supervisor.ts";
 
 const NAME = "bin-proxy";
@@ -106,7 +107,9 @@ test("a new bin-proxy replaces the running one in place; nothing is restarted; t
 test("while the new bin-proxy answers --version, its staged file is still flocked by the pass (no other run can take it over)", async () => {
   const exe = installedCopy();
   // flock -n succeeds only when nobody holds the file's flock: then this "release" fails its check.
-  const probe = artifact(`#!/bin/sh\nif flock -n "$0" true; then echo 'staged file not flocked'; exit 1; fi\necho 'bin-proxy 9.9.9 (probe)'\n`);
+  // By its full path: a probe that could not find flock would pass for the wrong reason.
+  const flock = requireCommand("flock", "util-linux");
+  const probe = artifact(`#!/bin/sh\nif ${flock} -n "$0" true; then echo 'staged file not flocked'; exit 1; fi\necho 'bin-proxy 9.9.9 (probe)'\n`);
   bm.setTarget(NAME, probe, "9.9.9");
   const run = await pass(exe);
   expect(run.stderr).not.toContain("not flocked");

@@ -211,6 +211,13 @@ describe("recordRun", () => {
     expect(existsSync(stateDir)).toBe(false);
   });
 
+  test("a dead run's temp name that cannot be removed (a directory there) never stops the metrics file's write", () => {
+    const host = freshHost();
+    mkdirSync(join(host.root, ".bin_proxy.prom.999999999.tmp", "inside"), { recursive: true });
+    expect(recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]))).toBeNull();
+    expect(value(parseExposition(readFileSync(host.metricsFile, "utf8")), "bin_proxy_runs_total", { kind: "pass" })).toBe(1);
+  });
+
   test("the file is always 0644, whatever mode the one it replaces had; a dead run's temp file is removed", () => {
     const host = freshHost();
     writeFileSync(host.metricsFile, "old\n", { mode: 0o600 });
@@ -222,12 +229,14 @@ describe("recordRun", () => {
     expect(existsSync(orphan)).toBe(false);
   });
 
-  test("the state keeps the mode an operator gave it, whether its run counted something or not", () => {
+  test("the state keeps the mode an operator gave it, whether its run counted something or only changed a fact", () => {
     const host = freshHost();
     recordRun(host.metricsFile, host.stateDir, pass(T0, [app()]));
     chmodSync(metricsStatePath(host.stateDir), 0o640);
-    for (const [i, event] of [{ updated: true }, undefined].entries()) {
-      expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(i + 1), [app({ event })]))).toBeNull();
+    for (const [i, binary] of [app({ event: { updated: true } }), app({ held: true, holdFailures: 1 })].entries()) {
+      const before = statSync(metricsStatePath(host.stateDir)).ino;
+      expect(recordRun(host.metricsFile, host.stateDir, pass(minutes(i + 1), [binary]))).toBeNull();
+      expect(statSync(metricsStatePath(host.stateDir)).ino).not.toBe(before); // a new snapshot each time
       expect(statSync(metricsStatePath(host.stateDir)).mode & 0o7777).toBe(0o640);
     }
   });
@@ -393,6 +402,9 @@ describe("the pass log: a pass that changed nothing is one appended line, not a 
     recordRun(host.metricsFile, host.stateDir, pass(T0, [app({ event: { updated: true } })]));
     recordRun(host.metricsFile, host.stateDir, pass(minutes(1), [app()]));
     // What the killed pass leaves: its metrics file (2 passes), then an empty log, created after it.
+    // The snapshot is a pass older than both (file times can share one 4 ms tick here).
+    const earlier = new Date(statSync(metricsStatePath(host.stateDir)).mtime.getTime() - 60_000);
+    utimesSync(metricsStatePath(host.stateDir), earlier, earlier);
     writeFileSync(logPath(host), "");
     recordRun(host.metricsFile, host.stateDir, pass(minutes(2), [app()]));
     expect(passes(host)).toBe(3);
