@@ -15,7 +15,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { requireMinisign } from "./fixture/minisign.ts";
+import { makeKeyPair, requireMinisign, sign, type KeyPair } from "./fixture/minisign.ts";
 
 const INSTALLER = resolve(import.meta.dir, "../scripts/install.sh");
 // Its output is not thrown away: cron mails what a pass prints (nothing, unless it fails).
@@ -62,25 +62,17 @@ addRelease("broken", "1.0.0", { runs: false });
 addRelease("impostor", "1.0.0", { program: "manager" });
 
 /** Signs a release's SHA256SUMS with the real minisign, as a release pipeline does; `tamper` changes SHA256SUMS after signing. */
-function signRelease(files: Map<string, string>, secretKey: string, tamper = false) {
+function signRelease(files: Map<string, string>, keys: KeyPair, tamper = false) {
   const dir = newDir("sign");
   writeFileSync(join(dir, "SHA256SUMS"), files.get("SHA256SUMS")!);
-  const signed = Bun.spawnSync([minisign(), "-S", "-s", secretKey, "-m", join(dir, "SHA256SUMS")], { stdin: "ignore" });
-  if (signed.exitCode !== 0) throw new Error(`minisign -S failed: ${signed.stderr.toString()}`);
-  files.set("SHA256SUMS.minisig", readFileSync(join(dir, "SHA256SUMS.minisig"), "utf8"));
+  files.set("SHA256SUMS.minisig", new TextDecoder().decode(sign(keys, join(dir, "SHA256SUMS"))));
   if (tamper) files.set("SHA256SUMS", files.get("SHA256SUMS")!.replace(/^[0-9a-f]/, (c) => (c === "0" ? "1" : "0")));
 }
 
-// The installer's --pubkey must be tested with the real minisign.
-const minisign = requireMinisign;
-
-/** A minisign key pair without a password, as `minisign -G -W` writes it: the public key's file and base64 line, and the secret key's file. */
-function keyPair(): { pubFile: string; pub: string; secret: string } {
-  const dir = newDir("key");
-  const made = Bun.spawnSync([minisign(), "-G", "-W", "-p", join(dir, "key.pub"), "-s", join(dir, "key.sec")], { stdin: "ignore" });
-  if (made.exitCode !== 0) throw new Error(`minisign -G failed: ${made.stderr.toString()}`);
-  const pubFile = join(dir, "key.pub");
-  return { pubFile, pub: readFileSync(pubFile, "utf8").trim().split("\n").at(-1)!, secret: join(dir, "key.sec") };
+/** A key pair made by the real minisign (the installer's --pubkey is checked against it): its files, and the public key's base64 line. */
+function keyPair(): KeyPair & { pubFile: string; pub: string } {
+  const keys = makeKeyPair(newDir("key"));
+  return { ...keys, pubFile: keys.publicKey, pub: keys.publicText.trim().split("\n").at(-1)! };
 }
 
 let server: ReturnType<typeof Bun.serve>;
@@ -665,10 +657,10 @@ describe("--pubkey: SHA256SUMS.minisig verified with minisign before the checksu
   beforeAll(() => {
     key = keyPair();
     const other = keyPair();
-    signRelease(addRelease("signed", "1.0.0"), key.secret);
-    signRelease(addRelease("signed2", "2.0.0"), key.secret);
-    signRelease(addRelease("otherkey", "1.0.0"), other.secret);
-    signRelease(addRelease("tampered", "1.0.0"), key.secret, true);
+    signRelease(addRelease("signed", "1.0.0"), key);
+    signRelease(addRelease("signed2", "2.0.0"), key);
+    signRelease(addRelease("otherkey", "1.0.0"), other);
+    signRelease(addRelease("tampered", "1.0.0"), key, true);
     addRelease("unsigned", "1.0.0");
   });
 
@@ -727,7 +719,7 @@ describe("--pubkey: SHA256SUMS.minisig verified with minisign before the checksu
     const dir = newDir("check");
     writeFileSync(join(dir, "SHA256SUMS"), releases.get("signed")!.get("SHA256SUMS")!);
     writeFileSync(join(dir, "SHA256SUMS.minisig"), releases.get("signed")!.get("SHA256SUMS.minisig")!);
-    const check = Bun.spawnSync([minisign(), "-V", "-p", join(root, "etc/bin-proxy/trusted-keys"), "-m", join(dir, "SHA256SUMS")]);
+    const check = Bun.spawnSync([requireMinisign(), "-V", "-p", join(root, "etc/bin-proxy/trusted-keys"), "-m", join(dir, "SHA256SUMS")]);
     expect(check.exitCode).toBe(0);
     const keys = read(root, "etc/bin-proxy/trusted-keys");
     const again = await install(root, ["--release-url", url("signed2"), "--pubkey", key.pub, "--trust-pubkey"]);

@@ -7,7 +7,7 @@ import pkg from "../package.json" with { type: "json" };
 import { buildRelease, RELEASE_ASSETS, writeReleaseFiles } from "../scripts/build.ts";
 import { artifact, startBinManager, type BinManager } from "./fixture/bin-manager.ts";
 import { hostPool, runBinProxy, type Host } from "./fixture/host.ts";
-import { requireMinisign } from "./fixture/minisign.ts";
+import { makeKeyPair, requireMinisign } from "./fixture/minisign.ts";
 
 const QEMU = "qemu-aarch64-static";
 /** Debian's arm64 libc (libc6-arm64-cross): qemu-user finds the loader and libc.so.6 there. */
@@ -118,8 +118,6 @@ describe("release build", () => {
 });
 
 describe("a signed release (BIN_PROXY_SIGNING_KEY), signed by the real minisign", () => {
-  // The release signatures must be checked with the real minisign.
-  const minisign = requireMinisign;
   let signed: string;
   let pub: string;
   let secret: string;
@@ -127,14 +125,12 @@ describe("a signed release (BIN_PROXY_SIGNING_KEY), signed by the real minisign"
     signed = join(scratch, "signed");
     mkdirSync(signed);
     for (const { asset } of RELEASE_ASSETS) copyFileSync(assetPath(asset), join(signed, asset));
-    const made = Bun.spawnSync([minisign(), "-G", "-W", "-p", join(scratch, "release.pub"), "-s", join(scratch, "release.key")], { stdin: "ignore" });
-    if (made.exitCode !== 0) throw new Error(made.stderr.toString());
-    pub = join(scratch, "release.pub");
-    secret = join(scratch, "release.key");
+    ({ publicKey: pub, secretKey: secret } = makeKeyPair(scratch));
     writeReleaseFiles(signed, secret);
   });
 
-  const verifies = (file: string) => Bun.spawnSync([minisign(), "-V", "-p", pub, "-m", file], { stdin: "ignore" }).exitCode === 0;
+  // The release signatures are checked with the real minisign.
+  const verifies = (file: string) => Bun.spawnSync([requireMinisign(), "-V", "-p", pub, "-m", file], { stdin: "ignore" }).exitCode === 0;
 
   test("SHA256SUMS and a FILE.sha256 beside each executable, each with a .minisig that minisign -V accepts", () => {
     expect(readdirSync(signed).sort()).toEqual([
