@@ -13,7 +13,7 @@ export function activeHold(hold: Hold | null, target: Sha256, now: Date): Hold |
 }
 
 /** Every hold of an entry, the newest first: the manifest's `hold`, then the `otherHolds` a rollback kept. */
-export function holdsOf(entry: { hold: Hold | null; otherHolds?: Hold[] }): Hold[] {
+export function holdsOf<H extends Hold>(entry: { hold: H | null; otherHolds?: H[] }): H[] {
   const others = entry.otherHolds ?? [];
   return entry.hold ? [entry.hold, ...others] : others;
 }

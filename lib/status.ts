@@ -5,7 +5,7 @@ import { ConfigError, type Settings } from "./config.ts";
 import { partialVersion, resumablePartial } from "./download.ts";
 import { EXIT_CONFIG, EXIT_FAILED, EXIT_OK } from "./exit.ts";
 import { HashCache, hashCachePath, short, type Sha256 } from "./hash.ts";
-import { activeHold, describeHold } from "./hold.ts";
+import { activeHold, describeHold, holdsOf } from "./hold.ts";
 import { readAttempt } from "./journal.ts";
 import { listVersionLocks, type LockInfo } from "./lockinspect.ts";
 import { errorText } from "./log.ts";
@@ -206,7 +206,7 @@ const HEADER = ["NAME", "SERVICE", "ON-DISK", "VERSION", "PREVIOUS", "SUPERVISOR
 export function cells(b: BinaryStatus): string[] {
   const sha = (s: Sha256 | null) => (s ? short(s) : "-");
   const lock = b.locks.map((l) => `${short(l.version)} by ${l.holder}, ${l.ageSec}s${l.stale ? " (stale)" : ""}`).join("; ");
-  const hold = [...(b.hold ? [b.hold] : []), ...b.otherHolds].map(holdCell).join("; ");
+  const hold = holdsOf(b).map(holdCell).join("; ");
   return [b.name, b.service || "-", b.diskError ? "error" : b.onDisk ? short(b.onDisk) : "missing", sha(b.version) + (b.versionName ? ` (${b.versionName})` : ""), sha(b.previousVersion), b.supervisor ?? "-", lock || "-", hold || "-"];
 }
 
