@@ -88,14 +88,9 @@ export async function acquireVersionLock(req: LockRequest): Promise<LockResult> 
         continue;
       case "acquired": {
         const tookOver = step.tookOver && ended !== null ? `${step.tookOver}; its holder pid ${ended} was ended` : step.tookOver;
-        const lock = heldLock(req.lockDir, path, step.fd, now, tookOver);
-        try {
-          for (const holder of step.toEnd) await terminate(holder, graceMs);
-        } catch (err) {
-          lock.release();
-          throw err;
-        }
-        return { kind: "acquired", obsolete: step.obsolete, lock };
+        // terminate never throws (a holder gone meanwhile is what it waits for).
+        for (const holder of step.toEnd) await terminate(holder, graceMs);
+        return { kind: "acquired", obsolete: step.obsolete, lock: heldLock(req.lockDir, path, step.fd, now, tookOver) };
       }
     }
   }
@@ -110,8 +105,7 @@ function takeStep(req: LockRequest, path: string, now: number): Step {
     try {
       return { kind: "acquired", fd, tookOver, ...dropOtherVersions(req, now) };
     } catch (err) {
-      removeIfPresent(path);
-      removeIfPresent(holderPath(path));
+      removeLockFiles(path);
       closeSync(fd);
       throw err;
     }
@@ -193,8 +187,7 @@ function dropOtherVersions(req: LockRequest, now: number): { obsolete: ObsoleteL
     } catch {
       // not a lock file that can be read: no holder to end
     }
-    removeIfPresent(path);
-    removeIfPresent(holderPath(path));
+    removeLockFiles(path);
     obsolete.push({ version, endedPid: holder?.pid ?? null });
     if (holder) toEnd.push(holder);
   }
@@ -211,15 +204,19 @@ function heldLock(lockDir: string, path: string, fd: number, takenAt: number, to
         inLockDir(lockDir, () => {
           // A lock removed or replaced by another run (a newer version, a takeover) is not ours to remove.
           if (!sameFile(fd, path)) return;
-          // The lock first: a kill between the two leaves a record without a lock, which the next pass sweeps.
-          removeIfPresent(path);
-          removeIfPresent(holderPath(path));
+          removeLockFiles(path);
         });
       } finally {
         closeSync(fd);
       }
     },
   };
+}
+
+/** Removes a lock and its holder record, the lock first: a kill between the two leaves a record without a lock, which the next pass sweeps. */
+function removeLockFiles(path: string): void {
+  removeIfPresent(path);
+  removeIfPresent(holderPath(path));
 }
 
 function sameFile(fd: number, path: string): boolean {
