@@ -58,6 +58,8 @@ interface LockRequest {
 
 type Step =
   | { kind: "acquired"; fd: number; tookOver: string | null; obsolete: ObsoleteLock[]; toEnd: HolderLine[] }
+  /** An other version's lock could not be dropped: ours is given up again; the holders of those that were dropped are still ended. */
+  | { kind: "drop-failed"; error: unknown; toEnd: HolderLine[] }
   | { kind: "busy"; ageSec: number; holder: string }
   | { kind: "end-holder"; holder: HolderLine; ageSec: number }
   | { kind: "raced" };
@@ -92,6 +94,9 @@ export async function acquireVersionLock(req: LockRequest): Promise<LockResult> 
         for (const holder of step.toEnd) await terminate(holder, graceMs);
         return { kind: "acquired", obsolete: step.obsolete, lock: heldLock(req.lockDir, path, step.fd, now, tookOver) };
       }
+      case "drop-failed":
+        for (const holder of step.toEnd) await terminate(holder, graceMs);
+        throw step.error;
     }
   }
   throw new Error(`could not take ${path}: it kept changing under us`);
@@ -102,13 +107,11 @@ function takeStep(req: LockRequest, path: string, now: number): Step {
   // The lock is ours once placed: should dropping the other versions' fail, it is given up again, so
   // no lock is left whose record names this live run (only the next pass could take it over).
   const acquired = (fd: number, tookOver: string | null): Step => {
-    try {
-      return { kind: "acquired", fd, tookOver, ...dropOtherVersions(req, now) };
-    } catch (err) {
-      removeLockFiles(path);
-      closeSync(fd);
-      throw err;
-    }
+    const { obsolete, toEnd, failure } = dropOtherVersions(req, now);
+    if (failure === null) return { kind: "acquired", fd, tookOver, obsolete, toEnd };
+    removeLockFiles(path);
+    closeSync(fd);
+    return { kind: "drop-failed", error: failure, toEnd };
   };
   const found = observeLock(path, now, "probe");
   if (!found) {
@@ -173,9 +176,11 @@ function placeLock(path: string, now: number, replacing: HolderLine[] | null): n
  * their holders still run. A holder is identified exactly: the pid its record names, with the same
  * kernel start time, having that very lock file open. Nothing else is ever signalled.
  */
-function dropOtherVersions(req: LockRequest, now: number): { obsolete: ObsoleteLock[]; toEnd: HolderLine[] } {
+function dropOtherVersions(req: LockRequest, now: number): { obsolete: ObsoleteLock[]; toEnd: HolderLine[]; failure: unknown } {
   const obsolete: ObsoleteLock[] = [];
   const toEnd: HolderLine[] = [];
+  // One that cannot be removed (a directory there) does not stop the others: their holders are ended all the same.
+  let failure: unknown = null;
   for (const file of readdirSync(req.lockDir)) {
     const version = otherVersionOf(file, req.name, req.sha);
     if (!version) continue;
@@ -187,11 +192,23 @@ function dropOtherVersions(req: LockRequest, now: number): { obsolete: ObsoleteL
     } catch {
       // not a lock file that can be read: no holder to end
     }
-    removeLockFiles(path);
+    // As removeLockFiles, in two steps: a lock that stays keeps its holder; one removed is dropped,
+    // and its holder ended, even when its record cannot be removed.
+    try {
+      removeIfPresent(path);
+    } catch (err) {
+      failure ??= err;
+      continue;
+    }
     obsolete.push({ version, endedPid: holder?.pid ?? null });
     if (holder) toEnd.push(holder);
+    try {
+      removeIfPresent(holderPath(path));
+    } catch (err) {
+      failure ??= err;
+    }
   }
-  return { obsolete, toEnd };
+  return { obsolete, toEnd, failure };
 }
 
 function heldLock(lockDir: string, path: string, fd: number, takenAt: number, tookOver: string | null): VersionLock {

@@ -1,6 +1,6 @@
 // Concurrency: passes at once make one download; a lock is taken over only when stale or provably abandoned; obsolete downloads are ended, and nothing else is ever signalled.
 import { afterAll, beforeAll, beforeEach, describe, expect, test } from "bun:test";
-import { readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { formatHolderRecord, parseHolderRecord, processStart, type HolderState } from "../../lib/holder.ts";
 import { judgeLock } from "../../lib/lockjudge.ts";
@@ -308,6 +308,31 @@ describe("obsolete work ended, nothing else signalled", () => {
       expect(events(s.host, "obsolete_version_dropped")).toEqual([expect.objectContaining({ version: s.v2.sha256.slice(0, 12), ended_pid: String(first.pid) })]);
       expect(events(s.host, "partial_removed").map((e) => e.version)).toEqual([s.v2.sha256.slice(0, 12)]);
       expect(downloads(s.name)).toHaveLength(2);
+      expectDone(s.host, s.name, s.v1, v3);
+    } finally {
+      gate.open();
+    }
+  }, 60_000);
+
+  test("an other version's lock that cannot be dropped fails the update, but the holder of the one that was dropped is still ended", async () => {
+    const s = scenario("stuck");
+    const v3 = artifact(serviceScript({ tag: "stuck-v3" }));
+    const { gate, pass: first } = await midDownload(s, 4096);
+    // A directory where a third version's lock would be: it cannot be removed, whatever order the directory lists it in.
+    const stuck = join(s.host.lockDir, `${s.name}-${"e".repeat(64)}.lock`);
+    mkdirSync(stuck);
+    try {
+      bm.override("GET", `${API}/download/${s.name}`, null);
+      bm.setTarget(s.name, v3);
+      const second = await startPass(s.host, bm.api).done;
+      expect(second.code).toBe(1);
+      expect(events(s.host, "update_failed")).toEqual([expect.objectContaining({ phase: "lock", error: expect.stringMatching(/EISDIR/) })]);
+      // The v2 pass was ended (SIGTERM), its lock gone; the v3 lock was given up again.
+      expect((await first.done).code).toBe(143);
+      expect(existsSync(s.lock)).toBe(false);
+      expect(existsSync(join(s.host.lockDir, `${s.name}-${v3.sha256}.lock`))).toBe(false);
+      rmSync(stuck, { recursive: true });
+      expectAllClean([await startPass(s.host, bm.api).done]);
       expectDone(s.host, s.name, s.v1, v3);
     } finally {
       gate.open();
