@@ -106,24 +106,18 @@ export function fsyncDir(dir: string): void {
 }
 
 /**
- * How much of a replacement reaches the disk before it returns. "rename" (the default): the data
- * before the rename and the directory entry after it, so the replacement itself survives a power
- * cut. "none": a rewrite that a later run makes again whole (the metrics file): nothing is synced,
- * and replacing the name atomically (replaceUnsynced) alone keeps readers from ever seeing it torn.
+ * The one way a file is replaced. Mode and owner are set and (durable) the data made durable before
+ * the rename, and the directory entry after it, so that whatever instant the machine dies, dest is
+ * either the old file or the complete new one. Not durable is for a file a later run writes again
+ * whole (the metrics file): nothing is synced, and replacing the name atomically (replaceUnsynced)
+ * alone keeps readers from ever seeing it torn. It takes fd: closed whatever happens, so no caller
+ * ever closes that number again (by then it may be another file's, or a socket's).
  */
-export type Sync = "rename" | "none";
-
-/**
- * The one way a file is replaced. Mode and owner are set and (sync "rename") the data made durable
- * before the rename, and the directory entry after it, so that whatever instant the machine dies,
- * dest is either the old file or the complete new one. It takes fd: closed whatever happens, so no
- * caller ever closes that number again (by then it may be another file's, or a socket's).
- */
-export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta, sync: Sync = "rename"): void {
+export function replaceAtomically(fd: number, tempPath: string, dest: string, meta: FileMeta, durable = true): void {
   try {
     fchownSync(fd, meta.uid, meta.gid);
     fchmodSync(fd, meta.mode);
-    if (sync === "rename") fsyncSync(fd);
+    if (durable) fsyncSync(fd);
     // rename goes by name: a run whose temp file was removed and made again by another (it was ended,
     // or the old script took its lock) must not install that other run's unfinished file.
     const ours = fstatSync(fd);
@@ -132,7 +126,7 @@ export function replaceAtomically(fd: number, tempPath: string, dest: string, me
   } finally {
     closeSync(fd);
   }
-  if (sync === "rename") {
+  if (durable) {
     renameSync(tempPath, dest);
     fsyncDir(dirname(dest));
   } else {
@@ -177,16 +171,15 @@ export function tempPathFor(dest: string, pid = process.pid): string {
   return join(dirname(dest), `.${basename(dest)}.${pid}.tmp`);
 }
 
-export interface WriteOptions {
-  sync?: Sync;
-  /** The file always gets fallback's mode and this process's owner, whatever the old one had (the metrics file, which node_exporter must read). */
-  ownMeta?: boolean;
-}
-
-/** Writes a small file atomically, keeping the mode and owner of the file it replaces (fallback for a new one) unless ownMeta. */
-export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}, { sync = "rename", ownMeta = false }: WriteOptions = {}): void {
+/**
+ * Writes a small file atomically, keeping the mode and owner of the file it replaces (fallback for a
+ * new one). "unsynced" is for a file that a later run writes again whole (the metrics file): it gets
+ * fallback's mode and this process's owner whatever the old file had (node_exporter must read it),
+ * and no fsync (see replaceAtomically).
+ */
+export function writeFileAtomic(dest: string, data: string | Uint8Array, fallback: Partial<FileMeta> = {}, kind: "durable" | "unsynced" = "durable"): void {
   const mine = { mode: fallback.mode ?? 0o644, uid: fallback.uid ?? process.getuid!(), gid: fallback.gid ?? process.getgid!() };
-  const meta = ownMeta ? mine : metaOf(dest, mine);
+  const meta = kind === "unsynced" ? mine : metaOf(dest, mine);
   const temp = tempPathFor(dest);
   const fd = createTemp(temp, 0o600);
   try {
@@ -196,7 +189,7 @@ export function writeFileAtomic(dest: string, data: string | Uint8Array, fallbac
       closeSync(fd);
       throw err;
     }
-    replaceAtomically(fd, temp, dest, meta, sync);
+    replaceAtomically(fd, temp, dest, meta, kind === "durable");
   } catch (err) {
     removeIfPresent(temp);
     throw err;

@@ -202,7 +202,7 @@ function mergeAndWrite(metricsFile: string, stateDir: string | null, run: RunMet
   const next = applyRun(previous, run);
   try {
     sweepOrphanTemps(metricsFile);
-    writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, { sync: "none", ownMeta: true });
+    writeFileAtomic(metricsFile, renderMetrics(next), { mode: 0o644 }, "unsynced");
   } catch (err) {
     problems.push(`cannot write ${metricsFile}: ${errorText(err)}`);
   }

@@ -34,7 +34,7 @@ describe("writeFileAtomic", () => {
     writeFileSync(victim, "keep me");
     const dest = join(dir, "bin_proxy.prom");
     symlinkSync(victim, tempPathFor(dest));
-    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, "unsynced");
     expect(readFileSync(victim, "utf8")).toBe("keep me");
     expect(readFileSync(dest, "utf8")).toBe("metrics\n");
     expect(lstatSync(dest).isSymbolicLink()).toBe(false);
@@ -44,11 +44,11 @@ describe("writeFileAtomic", () => {
   test("an unsynced replacement swaps the names: a reader of the old file keeps it whole, and nothing is left beside the new one", () => {
     const dir = freshDir();
     const dest = join(dir, "bin_proxy.prom");
-    writeFileAtomic(dest, "first\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+    writeFileAtomic(dest, "first\n", { mode: 0o644 }, "unsynced");
     const before = statSync(dest).ino;
     const reader = openSync(dest, "r");
     try {
-      writeFileAtomic(dest, "second\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+      writeFileAtomic(dest, "second\n", { mode: 0o644 }, "unsynced");
       expect(readFileSync(dest, "utf8")).toBe("second\n");
       expect(statSync(dest).ino).not.toBe(before);
       expect(readFileSync(reader, "utf8")).toBe("first\n");
@@ -66,13 +66,13 @@ describe("writeFileAtomic", () => {
     writeFileSync(victim, "keep me");
     const dest = join(dir, "bin_proxy.prom");
     symlinkSync(victim, dest);
-    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, "unsynced");
     expect(lstatSync(dest).isFile()).toBe(true);
     expect(readFileSync(victim, "utf8")).toBe("keep me");
     const asDir = join(dir, "dir.prom");
     mkdirSync(asDir);
     writeFileSync(join(asDir, "inside"), "kept");
-    expect(() => writeFileAtomic(asDir, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true })).toThrow(/EISDIR|EEXIST|ENOTEMPTY/);
+    expect(() => writeFileAtomic(asDir, "metrics\n", { mode: 0o644 }, "unsynced")).toThrow(/EISDIR|EEXIST|ENOTEMPTY/);
     expect(readFileSync(join(asDir, "inside"), "utf8")).toBe("kept");
     expect(readdirSync(dir).sort()).toEqual(["bin_proxy.prom", "dir.prom", "victim"]);
   });
@@ -94,7 +94,7 @@ describe("writeFileAtomic", () => {
     const stuck = join(dir, ".bin_proxy.prom.999999999.tmp");
     mkdirSync(join(stuck, "inside"), { recursive: true });
     expect(sweepOrphanTemps(dest)).toEqual([]);
-    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, { sync: "none", ownMeta: true });
+    writeFileAtomic(dest, "metrics\n", { mode: 0o644 }, "unsynced");
     expect(readFileSync(dest, "utf8")).toBe("metrics\n");
     expect(existsSync(join(stuck, "inside"))).toBe(true);
   });
