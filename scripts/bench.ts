@@ -11,6 +11,7 @@ import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, 
 import { availableParallelism, release, tmpdir } from "node:os";
 import { join } from "node:path";
 import { startBinManager, type Artifact } from "../tests/fixture/bin-manager.ts";
+import { requireCommand } from "../tests/fixture/daemon.ts";
 import { makeHost, runBinProxy, spawnBinProxy, type Host } from "../tests/fixture/host.ts";
 import { makeKeyPair, sign, writeTrustedKeys } from "../tests/fixture/minisign.ts";
 import { mountOver } from "../tests/fixture/mount.ts";
@@ -292,7 +293,7 @@ function machine() {
     cores: availableParallelism(),
     kernel: release(),
     bun: Bun.version,
-    nginx: (Bun.spawnSync(["nginx", "-v"]).stderr.toString().trim().split("/")[1] ?? "unknown"),
+    nginx: (Bun.spawnSync([NGINX, "-v"]).stderr.toString().trim().split("/")[1] ?? "unknown"),
     // The other processes' load when the run started: figures from a shared machine are noisy.
     loadAverage: readFileSync("/proc/loadavg", "utf8").split(" ").slice(0, 3).join(" "),
   };
@@ -315,10 +316,11 @@ function writeResults(part: "host" | "fleet", doc: object): void {
 }
 
 const options = parseOptions(process.argv.slice(2));
-for (const tool of [TIME, "curl", "sha256sum", "sync", "dd", "openssl", "nginx", "minisign", "mount"]) {
-  if (tool.startsWith("/") ? !existsSync(tool) : !Bun.which(tool)) {
-    throw new Error(`${tool} is required for the benchmark (Debian: apt-get install -y time curl coreutils openssl nginx minisign mount)`);
-  }
+// Looked up as the fixtures look them up (nginx is in /usr/sbin, which a user's PATH may lack).
+const NGINX = requireCommand("nginx", "nginx");
+if (!existsSync(TIME)) throw new Error(`${TIME} is required for the benchmark: install Debian's time package`);
+for (const [tool, pkg] of [["curl", "curl"], ["sha256sum", "coreutils"], ["sync", "coreutils"], ["dd", "coreutils"], ["openssl", "openssl"], ["minisign", "minisign"], ["mount", "mount"]] as const) {
+  requireCommand(tool, pkg);
 }
 const scratch = mkdtempSync(join(tmpdir(), "bin-proxy-bench-"));
 /** Undone in reverse order at the end, whatever happened. */

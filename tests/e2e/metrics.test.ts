@@ -8,6 +8,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseExposition, type Sample } from "../../lib/metrics.ts";
+import { metricsStatePath, passLogPath } from "../../lib/metricsstate.ts";
 import { artifact, startBinManager, status, type Artifact, type BinManager } from "../fixture/bin-manager.ts";
 import { BIN_PROXY, hostPool, runBinProxy, serviceScript } from "../fixture/host.ts";
 import { STATUS_SCHEMA, validate } from "../fixture/jsonschema.ts";
@@ -175,8 +176,8 @@ async function scraped(): Promise<Sample[]> {
   return samples.filter((s) => s.name.startsWith("bin_proxy_"));
 }
 
-const appSnapshot = () => join(app.stateDir, "metrics-state.json");
-const appPassLog = () => join(app.stateDir, "metrics-passes.log");
+const appSnapshot = () => metricsStatePath(app.stateDir);
+const appPassLog = () => passLogPath(app.stateDir);
 /** A file's content, inode and mtime (null: no file), to show that a run did not write it. */
 const fileNow = (path: string) => (existsSync(path) ? [readFileSync(path, "utf8"), statSync(path).ino, statSync(path).mtimeMs] : null);
 
